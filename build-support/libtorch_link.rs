@@ -1,0 +1,26 @@
+// Shared by the build scripts of every crate that produces a binary or library linking
+// libtorch (each crate's build.rs `include!`s this file).
+//
+// Two linker details matter for users:
+// - rpath: binaries must find libtorch without LD_LIBRARY_PATH, so the absolute library folder
+//   is recorded in the ELF run path.
+// - libtorch_cuda: nothing in our code references a symbol of it, so `--as-needed` would drop it
+//   and CUDA would silently be unavailable at run time. It is linked with `--no-as-needed`.
+
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    let Some(root) = std::env::var_os("LIBTORCH") else {
+        println!("cargo:warning=LIBTORCH is not set; run scripts/setup.sh first");
+        return;
+    };
+    // `.libtorch` is a symbolic link into the cache; record where it really points so the
+    // binaries keep working if the clone moves.
+    let root = std::fs::canonicalize(PathBuf::from(&root)).unwrap_or_else(|_| root.into());
+    let lib = root.join("lib");
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    if lib.join("libtorch_cuda.so").exists() {
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
+    }
+}
