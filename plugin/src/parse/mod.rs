@@ -79,8 +79,16 @@ pub const PROTO_ICMPV6: u8 = 58;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
     /// `flags` is the TCP flags byte (byte 13: CWR ECE URG ACK PSH RST SYN FIN).
-    Tcp { src_port: u16, dst_port: u16, flags: u8, header_len: usize },
-    Udp { src_port: u16, dst_port: u16 },
+    Tcp {
+        src_port: u16,
+        dst_port: u16,
+        flags: u8,
+        header_len: usize,
+    },
+    Udp {
+        src_port: u16,
+        dst_port: u16,
+    },
 }
 
 pub const TCP_FIN: u8 = 0x01;
@@ -122,21 +130,40 @@ impl Packet<'_> {
 
     pub fn ports(&self) -> (u16, u16) {
         match self.transport {
-            Transport::Tcp { src_port, dst_port, .. } => (src_port, dst_port),
+            Transport::Tcp {
+                src_port, dst_port, ..
+            } => (src_port, dst_port),
             Transport::Udp { src_port, dst_port } => (src_port, dst_port),
         }
     }
 }
 
-mod link;
 mod ip;
+mod link;
+mod transport;
 
-pub use link::strip_link_layer;
+pub use link::{IpVersionHint, strip_link_layer};
+
+/// nom result for the fixed-layout headers. The unit error only ever means "input too short":
+/// the parsers read fixed-size fields and never reject a value themselves.
+type HeaderResult<'a, T> = nom::IResult<&'a [u8], T, ()>;
+
+/// A nom failure on a fixed-layout header: the captured bytes ended inside it.
+fn truncated(_: nom::Err<()>) -> Skip {
+    Skip::Truncated
+}
 
 /// Parse one captured frame. `orig_len` is the frame's length on the wire (pcap's `len`);
 /// `frame` holds the captured bytes (pcap's `caplen` of them).
+///
+/// Lengths come from the IP header. `orig_len` is consulted only when the header leaves its
+/// length 0 (IPv4 total length or IPv6 payload length, as segmentation offload captures and
+/// jumbograms do): the IP length is then the wire length minus the link header, or the
+/// captured length if `orig_len` claims less. It is never used to index or allocate.
 pub fn parse(link: LinkType, frame: &[u8], orig_len: u32) -> Result<Packet<'_>, Skip> {
-    let _ = orig_len;
-    let (ethertype_hint, l3) = strip_link_layer(link, frame)?;
-    ip::parse_ip(ethertype_hint, l3)
+    let (version_hint, l3) = strip_link_layer(link, frame)?;
+    let link_header_len = frame.len().saturating_sub(l3.len());
+    let wire_len = usize::try_from(orig_len).unwrap_or(usize::MAX);
+    let l3_wire_len = wire_len.saturating_sub(link_header_len).max(l3.len());
+    ip::parse_ip(version_hint, l3, l3_wire_len)
 }
