@@ -13,7 +13,7 @@
  * stay valid while the engine or any of its workers is alive. Records are plain values
  * copied into caller memory.
  *
- * Errors: functions return ComboStatus; COMBO_OK is 0. On any other value,
+ * Errors: functions return ComboStatus; COMBO_STATUS_OK is 0. On any other value,
  * combo_last_error() copies a message. No function aborts or unwinds into the caller.
  */
 
@@ -30,7 +30,7 @@
 #define COMBO_ABI_VERSION_MINOR 0
 
 // Most classes a record lists (`top_ids`, `top_probs`).
-#define COMBO_MAX_TOP_K MAX_TOP_K
+#define COMBO_MAX_TOP_K 5
 
 // `combo_worker_flush` flag: end every flow first, so each reports its verdict.
 #define COMBO_FLUSH_END_FLOWS 1
@@ -72,7 +72,7 @@ typedef enum ComboOutcome {
     COMBO_OUTCOME_FILTERED_EMPTY_TCP = 10,
 } ComboOutcome;
 
-// Kind of a [`ComboRecord`].
+// Kind of a ComboRecord.
 typedef enum ComboRecordKind {
     // One context of N packets was classified.
     COMBO_RECORD_KIND_CONTEXT = 1,
@@ -97,7 +97,7 @@ typedef struct ComboEngine ComboEngine;
 // Opaque worker handle.
 typedef struct ComboWorker ComboWorker;
 
-// Counters; see the README for their meaning. Once a worker is flushed,
+// Counters (see the README). Once a worker is flushed,
 // `packets = accepted + skipped_* + filtered_*` and
 // `contexts = contexts_classified + contexts_dropped + contexts_failed`.
 typedef struct ComboStats {
