@@ -1,0 +1,58 @@
+//! `combo`: the Combo Packet command line.
+//!
+//! `replay` feeds capture files through the plugin's C ABI, loaded with libloading exactly as
+//! a packet engine would load it; the model commands use the engine crate directly.
+
+mod capture;
+mod model_cmd;
+mod plugin;
+mod replay;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "combo", version, about = "Classify encrypted traffic from packet contexts")]
+struct Cli {
+    /// Log level: error, warn, info, debug, trace (overridden by RUST_LOG).
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Replay pcap/pcapng files through the plugin and print one JSON line per flow.
+    Replay(replay::ReplayArgs),
+    /// Create a model with random weights (a stand-in until a trained one exists).
+    InitModel(model_cmd::InitModelArgs),
+    /// Print a model card and its parameter count.
+    ShowModel {
+        /// The model card (`*.card.toml`).
+        card: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::new()
+        .parse_filters(&cli.log)
+        .parse_env("RUST_LOG")
+        .format_timestamp(None)
+        .init();
+    let result = match cli.command {
+        Command::Replay(args) => replay::run(args),
+        Command::InitModel(args) => model_cmd::init_model(args).map(|()| ExitCode::SUCCESS),
+        Command::ShowModel { card } => model_cmd::show_model(&card).map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("combo: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

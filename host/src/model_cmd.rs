@@ -1,0 +1,78 @@
+//! `combo init-model` and `combo show-model`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use combo_plugin::config::PreprocessConfig;
+use combo_plugin::model::{Attention, Classifier, ModelCard, Precision, TrainingSummary};
+
+#[derive(Args)]
+pub struct InitModelArgs {
+    /// Where to write the card; the weights go beside it as `<stem>.safetensors`.
+    #[arg(long)]
+    out: PathBuf,
+    /// Class labels, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    labels: Vec<String>,
+    /// Packets per context (N): 1, 3 or 5.
+    #[arg(long, default_value_t = 5)]
+    packets: usize,
+    /// none, sa, se or sa_se.
+    #[arg(long, default_value = "sa_se")]
+    attention: Attention,
+    /// Seed of the random weights.
+    #[arg(long, default_value_t = 1)]
+    seed: i64,
+    /// Store the weights in half precision.
+    #[arg(long)]
+    half: bool,
+}
+
+pub fn init_model(args: InitModelArgs) -> Result<()> {
+    if args.labels.len() < 2 {
+        bail!("a classifier needs at least two labels");
+    }
+    let name = args
+        .out
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".card.toml"))
+        .context("--out must end in .card.toml")?
+        .to_string();
+    let card = ModelCard {
+        format: 1,
+        name,
+        labels: args.labels,
+        packets_per_context: args.packets,
+        attention: args.attention,
+        preprocess: PreprocessConfig::default(),
+        weights: String::new(),
+        precision: String::new(),
+        random_weights: true,
+        parameters: 0,
+        training: TrainingSummary {
+            notes: "Untrained: random weights stand in until a trained model is shipped. \
+                    Its labels carry no meaning."
+                .into(),
+            ..TrainingSummary::default()
+        },
+    };
+    let classifier = Classifier::new_random(card, tch::Device::Cpu, args.seed)?;
+    let precision = if args.half { Precision::F16 } else { Precision::F32 };
+    classifier.save(&args.out, precision)?;
+    log::info!(
+        "wrote {} ({} parameters, random weights)",
+        args.out.display(),
+        classifier.parameter_count()
+    );
+    Ok(())
+}
+
+pub fn show_model(card: &Path) -> Result<()> {
+    let classifier = Classifier::load(card, tch::Device::Cpu)?;
+    let card = classifier.card();
+    println!("{}", toml::to_string_pretty(card)?);
+    println!("# parameters counted on load: {}", classifier.parameter_count());
+    Ok(())
+}
