@@ -35,6 +35,7 @@ readonly tls_echo_port=48445
 readonly ssh_port=48022
 readonly udp_port=48053
 readonly server_name="combo-demo.local"
+readonly client_timeout=30 # seconds; a stuck client fails the run instead of hanging it
 
 log() { printf '[demo-capture] %s\n' "$*" >&2; }
 die() {
@@ -87,8 +88,8 @@ trap cleanup EXIT
 
 # Waits until something listens on a TCP port (ss -t) or has bound a UDP one (ss -u).
 wait_for_port() {
-    local proto="$1" port="$2" tries
-    for tries in $(seq 1 100); do
+    local proto="$1" port="$2"
+    for _ in $(seq 1 100); do
         if ss -Hn"$proto"l "sport = :$port" | grep -q .; then
             return 0
         fi
@@ -168,11 +169,12 @@ tcpdump -i lo -s 0 -U -Z root -w "$work/demo.pcap" "$capture_filter" \
     >"$work/tcpdump.log" 2>&1 &
 tcpdump_pid=$!
 background_pids+=("$tcpdump_pid")
-for tries in $(seq 1 100); do
+for _ in $(seq 1 100); do
     grep -q "listening on" "$work/tcpdump.log" && break
     sleep 0.1
 done
-grep -q "listening on" "$work/tcpdump.log" || die "tcpdump did not start: $(cat "$work/tcpdump.log")"
+grep -q "listening on" "$work/tcpdump.log" ||
+    die "tcpdump did not start: $(cat "$work/tcpdump.log")"
 
 # Step 8: the servers. s_server loops over connections until killed.
 (
@@ -205,7 +207,8 @@ tls_fetch() {
     address="$host:$port"
     [[ "$host" != *:* ]] || address="[$host]:$port" # IPv6 literals need brackets
     printf 'GET /%s HTTP/1.0\r\n\r\n' "$path" |
-        openssl s_client -quiet -connect "$address" -servername "$server_name" \
+        timeout "$client_timeout" openssl s_client -quiet -connect "$address" \
+            -servername "$server_name" \
             -CAfile "$work/tls-cert.pem" -verify_return_error "$@" \
             >"$work/fetched" 2>>"$work/s_client.log" ||
         die "TLS fetch of /$path from $host:$port failed (see $work/s_client.log)"
@@ -223,13 +226,14 @@ tls_fetch ::1 "$tls_v6_port" blob-160k.bin -tls1_3 -ciphersuites TLS_AES_256_GCM
 tls_fetch ::1 "$tls_v6_port" blob-16k.bin -tls1_3 -ciphersuites TLS_CHACHA20_POLY1305_SHA256
 
 # The echo server answers each line reversed; the pause lets the answers arrive before
-# the client closes on end of input.
+# the client closes on end of input (-no_ign_eof undoes the -ign_eof that -quiet implies).
 {
     for line in $(seq 1 40); do
         printf 'client line %02d: %s\n' "$line" "$(fixed_bytes 48 | base64 -w0)"
     done
     sleep 1
-} | openssl s_client -quiet -connect "127.0.0.1:$tls_echo_port" -servername "$server_name" \
+} | timeout "$client_timeout" openssl s_client -quiet -no_ign_eof \
+    -connect "127.0.0.1:$tls_echo_port" -servername "$server_name" \
     -CAfile "$work/tls-cert.pem" -verify_return_error -tls1_3 \
     >"$work/echoed" 2>>"$work/s_client.log" || die "TLS echo session failed"
 [ -s "$work/echoed" ] || die "TLS echo server sent nothing back"
@@ -239,16 +243,16 @@ ssh_options=(-F /dev/null -i "$work/client_key" -o IdentitiesOnly=yes -o BatchMo
     -o UserKnownHostsFile="$work/known_hosts" -o StrictHostKeyChecking=yes
     -o LogLevel=ERROR)
 user="$(id -un)"
+ssh_run() { timeout "$client_timeout" ssh "${ssh_options[@]}" -p "$ssh_port" "$@" >/dev/null; }
+scp_copy() { timeout "$client_timeout" scp -q "${ssh_options[@]}" -P "$ssh_port" "$@"; }
 log "SSH sessions"
-ssh "${ssh_options[@]}" -p "$ssh_port" "$user@127.0.0.1" 'uname -sr; id -un' >/dev/null
-ssh "${ssh_options[@]}" -p "$ssh_port" "$user@127.0.0.1" 'ls -l /etc | head -n 40' >/dev/null
-ssh "${ssh_options[@]}" -p "$ssh_port" "$user@::1" 'echo combo packet over ipv6' >/dev/null
-scp -q "${ssh_options[@]}" -P "$ssh_port" "$work/upload-96k.bin" \
-    "$user@[127.0.0.1]:$work/uploaded.bin"
-cmp -s "$work/upload-96k.bin" "$work/uploaded.bin" || die "scp upload came back different"
-scp -q "${ssh_options[@]}" -P "$ssh_port" "$user@[::1]:$work/www/blob-16k.bin" \
-    "$work/downloaded.bin"
-cmp -s "$work/www/blob-16k.bin" "$work/downloaded.bin" || die "scp download differs"
+ssh_run "$user@127.0.0.1" 'uname -sr; id -un'
+ssh_run "$user@127.0.0.1" 'ls -l /etc | head -n 40'
+ssh_run "$user@::1" 'echo combo packet over ipv6'
+scp_copy "$work/upload-96k.bin" "$user@[127.0.0.1]:$work/uploaded.bin"
+cmp -s "$work/upload-96k.bin" "$work/uploaded.bin" || die "scp upload arrived different"
+scp_copy "$user@[::1]:$work/www/blob-16k.bin" "$work/downloaded.bin"
+cmp -s "$work/www/blob-16k.bin" "$work/downloaded.bin" || die "scp download arrived different"
 
 # Step 11: DNS-like UDP, one process playing both sides on IPv4 and IPv6. Each query goes
 # from a fresh client socket, so each is its own flow. Optional: skipped without python3.

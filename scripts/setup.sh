@@ -27,13 +27,13 @@ if ((${#missing[@]})); then
 fi
 
 # LibTorch from the PyTorch wheel, in a virtual environment outside the clone.
-if ! "$venv/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$torch_version')" 2>/dev/null; then
+if ! "$venv/bin/python" -W ignore -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$torch_version')" 2>/dev/null; then
     log "installing torch==$torch_version into $venv (about 4.7 GB, once per machine)"
     mkdir -p "$cache"
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check "torch==$torch_version"
 fi
-torch_dir="$("$venv/bin/python" -c 'import torch, os; print(os.path.dirname(torch.__file__))')"
+torch_dir="$("$venv/bin/python" -W ignore -c 'import torch, os; print(os.path.dirname(torch.__file__))')"
 ln -sfn "$torch_dir" "$repo/.libtorch"
 
 log "building (release)"

@@ -284,6 +284,7 @@ fn read_file(
     bytes_before: u64,
 ) -> Result<()> {
     let mut reader = CaptureReader::open(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    progress.set_length(progress.length().unwrap_or(0).max(bytes_before + reader.total_bytes()));
     let mut chunks: Vec<Chunk> = senders.iter().map(|_| Chunk::default()).collect();
     let mut frame_number: u64 = 0;
     let result = loop {

@@ -35,7 +35,7 @@ use crate::{Error, MAX_TOP_K};
 /// Classifies batches of contexts. Lives on the inference thread only.
 pub trait Backend {
     /// `raw` holds `batch` contexts of N packets of `packet_bytes` pre-processed bytes each;
-    /// writes `batch * classes` probabilities into `probs`.
+    /// appends `batch * classes` probabilities to `probs`, which arrives empty.
     fn infer(&mut self, raw: &[u8], batch: usize, probs: &mut Vec<f32>) -> Result<(), Error>;
 }
 
@@ -268,11 +268,17 @@ struct Shared {
     inference_alive: AtomicBool,
     live_workers: AtomicUsize,
     next_worker: AtomicU64,
-    /// Totals of workers already freed.
-    retired: Mutex<Stats>,
-    /// Snapshots each live worker publishes, by worker index.
-    published: Mutex<FxHashMap<u64, Stats>>,
+    /// Counters of freed and live workers, under one lock so totals never go back.
+    counters: Mutex<Counters>,
     batches: AtomicU64,
+}
+
+#[derive(Default)]
+struct Counters {
+    /// Totals of workers already freed.
+    retired: Stats,
+    /// The snapshot each live worker last published, by worker index.
+    published: FxHashMap<u64, Stats>,
 }
 
 /// One classifier shared by any number of workers. Cheap to keep; dropping it lets the
@@ -393,8 +399,7 @@ impl Engine {
             inference_alive: AtomicBool::new(true),
             live_workers: AtomicUsize::new(0),
             next_worker: AtomicU64::new(0),
-            retired: Mutex::new(Stats::default()),
-            published: Mutex::new(FxHashMap::default()),
+            counters: Mutex::new(Counters::default()),
             batches: AtomicU64::new(0),
         });
         *lock(&shared_slot) = Some(Arc::clone(&shared));
@@ -422,8 +427,9 @@ impl Engine {
     /// Totals over freed workers and the last snapshot each live worker published (workers
     /// publish when polled, flushed and freed).
     pub fn stats(&self) -> Stats {
-        let mut total = lock(&self.shared.retired).clone();
-        for stats in lock(&self.shared.published).values() {
+        let counters = lock(&self.shared.counters);
+        let mut total = counters.retired.clone();
+        for stats in counters.published.values() {
             total.add(stats);
         }
         total.batches = self.shared.batches.load(Ordering::Relaxed);
@@ -583,7 +589,9 @@ impl Worker {
         user_tag: u64,
     ) -> Outcome {
         self.stats.packets += 1;
-        self.now_ns = self.now_ns.max(ts_nanos);
+        // The clock is the current packet's time, not the latest ever seen: one frame stamped
+        // far in the future then ends a few flows early instead of every flow after it.
+        self.now_ns = ts_nanos;
         self.collect_results();
         self.expire_idle(EXPIRIES_PER_PACKET);
 
@@ -715,15 +723,15 @@ impl Worker {
     /// Ends flows idle for longer than the timeout at capture time `now_nanos`; for live
     /// captures that go quiet, call this from time to time.
     pub fn advance_clock(&mut self, now_nanos: u64) {
-        self.now_ns = self.now_ns.max(now_nanos);
+        self.now_ns = now_nanos;
         self.collect_results();
         self.expire_idle(usize::MAX);
     }
 
+    /// This worker's counters; `batches` is engine-wide and left 0 here (a batch mixes
+    /// contexts of several workers).
     pub fn stats(&self) -> Stats {
-        let mut stats = self.stats.clone();
-        stats.batches = self.shared.batches.load(Ordering::Relaxed);
-        stats
+        self.stats.clone()
     }
 
     pub fn flows(&self) -> usize {
@@ -739,7 +747,7 @@ impl Worker {
     }
 
     fn publish_stats(&self) {
-        lock(&self.shared.published).insert(self.index, self.stats.clone());
+        lock(&self.shared.counters).published.insert(self.index, self.stats.clone());
     }
 
     fn expire_idle(&mut self, limit: usize) {
@@ -987,8 +995,10 @@ impl Drop for Worker {
     fn drop(&mut self) {
         // Let in-flight jobs come back so the totals stay consistent, then retire.
         self.wait_for_jobs();
-        lock(&self.shared.published).remove(&self.index);
-        lock(&self.shared.retired).add(&self.stats);
+        let mut counters = lock(&self.shared.counters);
+        counters.published.remove(&self.index);
+        counters.retired.add(&self.stats);
+        drop(counters);
         self.closed.store(true, Ordering::Release);
         self.shared.live_workers.fetch_sub(1, Ordering::AcqRel);
         self.shared.inference_thread.unpark();
@@ -1085,6 +1095,7 @@ impl InferenceLoop {
             raw.extend_from_slice(&job.bytes);
         }
         // A panic inside libtorch or a backend fails this batch, not the whole engine.
+        probs.clear();
         let backend = &mut self.backend;
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             backend.infer(raw, batch.len(), probs)
