@@ -3,6 +3,7 @@
 //! `replay` feeds capture files through the plugin's C ABI, loaded with libloading exactly as
 //! a packet engine would load it; the model commands use the engine crate directly.
 
+mod bench;
 mod capture;
 mod model_cmd;
 mod plugin;
@@ -29,6 +30,8 @@ enum Command {
     Replay(replay::ReplayArgs),
     /// Create a model with random weights (a stand-in until a trained one exists).
     InitModel(model_cmd::InitModelArgs),
+    /// Measure the packet path and the model on this machine.
+    Bench(bench::BenchArgs),
     /// Print a model card and its parameter count.
     ShowModel {
         /// The model card (`*.card.toml`).
@@ -43,7 +46,10 @@ fn main() -> ExitCode {
         .parse_env("RUST_LOG")
         .format_timestamp(None)
         .init();
+    // Before libtorch allocates anything: keep glibc from unmapping activations each batch.
+    combo_packet::allocator::tune_for_inference();
     let result = match cli.command {
+        Command::Bench(args) => bench::run(args).map(|()| ExitCode::SUCCESS),
         Command::Replay(args) => replay::run(args),
         Command::InitModel(args) => model_cmd::init_model(args).map(|()| ExitCode::SUCCESS),
         Command::ShowModel { card } => model_cmd::show_model(&card).map(|()| ExitCode::SUCCESS),

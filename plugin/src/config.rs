@@ -53,11 +53,27 @@ pub struct ModelConfig {
     pub cpu_threads: usize,
     /// Classes reported per record, best first (at most [`crate::MAX_TOP_K`]).
     pub top_k: usize,
+    /// `torch` runs the model; `null` loads only the card and answers every context with
+    /// uniform probabilities, to measure the packet path with inference off.
+    pub backend: BackendKind,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    Torch,
+    Null,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self { path: None, device: "auto".into(), cpu_threads: 0, top_k: 3 }
+        Self {
+            path: None,
+            device: "auto".into(),
+            cpu_threads: 0,
+            top_k: 3,
+            backend: BackendKind::Torch,
+        }
     }
 }
 

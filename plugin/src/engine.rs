@@ -25,7 +25,7 @@ use ringbuf::traits::{Consumer, Observer, Producer, Split};
 use ringbuf::{HeapCons, HeapProd, HeapRb};
 use rustc_hash::FxHashMap;
 
-use crate::config::{EngineConfig, FullRingPolicy, PreprocessConfig, ShortFlowPolicy};
+use crate::config::{BackendKind, EngineConfig, FullRingPolicy, PreprocessConfig, ShortFlowPolicy};
 use crate::flow::{Entry, FiveTuple, FlowKey, FlowTable, Removed};
 use crate::model::{Classifier, ModelCard, select_device};
 use crate::parse::{self, LinkType, Skip};
@@ -45,6 +45,18 @@ pub type BackendFactory = Box<dyn FnOnce() -> Result<Box<dyn Backend>, Error> + 
 impl Backend for Classifier {
     fn infer(&mut self, raw: &[u8], batch: usize, probs: &mut Vec<f32>) -> Result<(), Error> {
         self.predict(raw, batch, probs)
+    }
+}
+
+/// Answers every context with uniform probabilities: the packet path with inference off.
+pub struct NullBackend {
+    pub classes: usize,
+}
+
+impl Backend for NullBackend {
+    fn infer(&mut self, _raw: &[u8], batch: usize, probs: &mut Vec<f32>) -> Result<(), Error> {
+        probs.resize(batch * self.classes, 1.0 / self.classes.max(1) as f32);
+        Ok(())
     }
 }
 
@@ -297,6 +309,13 @@ impl Engine {
         };
         let card = ModelCard::load(&card_path)?;
         let spec = ModelSpec::of(&card);
+        if config.model.backend == BackendKind::Null {
+            log::info!("null backend: contexts are consumed, not classified");
+            let classes = card.labels.len();
+            let factory: BackendFactory =
+                Box::new(move || Ok(Box::new(NullBackend { classes }) as Box<dyn Backend>));
+            return Self::with_backend(config, spec, factory);
+        }
         let device = select_device(&config.model.device)?;
         let threads = config.model.cpu_threads;
         log::info!(

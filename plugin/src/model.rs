@@ -454,6 +454,33 @@ pub fn feature_widths(packet_bytes: usize) -> Result<(usize, usize), Error> {
     Ok((conv1, conv2))
 }
 
+/// Floating-point operations (a multiply-add counts 2) of one context through the network:
+/// the two convolutions, the spatial-attention convolutions, the channel-attention MLP and the
+/// dense layers. Element-wise work (activations, pooling, scaling) is left out: it is
+/// memory-bound and small next to these.
+pub fn flops_per_context(
+    packets: usize,
+    packet_bytes: usize,
+    attention: Attention,
+    classes: usize,
+) -> Result<f64, Error> {
+    let (conv1_width, conv2_width) = feature_widths(packet_bytes)?;
+    let (n, w1, w2) = (packets as f64, conv1_width as f64, conv2_width as f64);
+    let (f1, f2) = (CONV1_FILTERS as f64, CONV2_FILTERS as f64);
+    let conv1 = 2.0 * n * w1 * f1 * CONV1_KERNEL as f64;
+    let conv2 = 2.0 * w2 * f2 * f1 * n * CONV2_KERNEL as f64;
+    let dense = 2.0 * (f2 * w2 * HIDDEN_UNITS as f64 + HIDDEN_UNITS as f64 * classes as f64);
+    let spatial_kernel = SPATIAL_KERNEL as f64;
+    let spatial = if attention.spatial() {
+        2.0 * (n * w1 * 2.0 * spatial_kernel + w2 * 2.0 * spatial_kernel * spatial_kernel)
+    } else {
+        0.0
+    };
+    let hidden = (f2 / CHANNEL_REDUCTION as f64).floor();
+    let channel = if attention.channel() { 2.0 * 2.0 * (2.0 * f2 * hidden) } else { 0.0 };
+    Ok(conv1 + conv2 + dense + spatial + channel)
+}
+
 /// A convolution's weights and geometry (1-D or 2-D, from the weight's rank).
 struct Convolution {
     weight: Tensor,
@@ -601,6 +628,7 @@ pub struct ComboNet {
     classes: usize,
     attention: Attention,
     conv1_width: usize,
+    conv2_width: usize,
     conv1: Convolution,
     spatial1: Option<SpatialAttention>,
     conv2: Convolution,
@@ -703,6 +731,7 @@ impl ComboNet {
             classes,
             attention,
             conv1_width,
+            conv2_width,
             conv1,
             spatial1,
             conv2,
@@ -766,14 +795,10 @@ impl ComboNet {
             features = attention.forward(&features)?;
         }
 
-        // Stack the packets of each context as the rows of one map: [B, C, N, W].
+        // Convolution II spans the whole context: the packets are the rows of one map.
         let width = self.conv1_width as i64;
-        let stacked = features
-            .f_reshape([batch, n, CONV1_FILTERS, width])?
-            .f_permute([0, 2, 1, 3])?;
-
-        // Convolution II spans the whole context.
-        let mut context = self.conv2.forward(&stacked)?.f_relu()?;
+        let stacked = features.f_reshape([batch, n, CONV1_FILTERS, width])?;
+        let mut context = self.context_convolution(&stacked, batch)?.f_relu()?;
         if let Some(attention) = &self.spatial2 {
             context = attention.forward(&context)?;
         }
@@ -789,6 +814,31 @@ impl ComboNet {
             .f_relu()?
             .f_dropout(DROPOUT, train)?;
         Ok(self.output.forward(&hidden)?)
+    }
+}
+
+impl ComboNet {
+    /// Convolution II, `[B, N, C, W1]` (packets, channels, positions) to `[B, F, 1, W2]`,
+    /// computed as one matrix product. Its kernel spans all N rows and its stride equals its
+    /// width, so output position j reads exactly columns 3j..3j+3 of every row: the windows do
+    /// not overlap, and laid side by side they make the convolution a
+    /// `[B*W2, C*N*3] x [C*N*3, F]` product. That runs at matrix-multiply speed, where
+    /// libtorch's direct 2-D convolution reached a fraction of it on these shapes (see
+    /// docs/PERFORMANCE.md). The weights keep the convolution's `[F, C, N, 3]` layout.
+    fn context_convolution(&self, stacked: &Tensor, batch: i64) -> Result<Tensor, TchError> {
+        let (n, w2, k) = (self.packets as i64, self.conv2_width as i64, CONV2_KERNEL);
+        let windows = stacked
+            .f_narrow(3, 0, w2 * k)?
+            .f_reshape([batch, n, CONV1_FILTERS, w2, k])?
+            .f_permute([0, 3, 2, 1, 4])?
+            .f_reshape([batch * w2, CONV1_FILTERS * n * k])?;
+        let weight = self.conv2.weight.f_reshape([CONV2_FILTERS, CONV1_FILTERS * n * k])?;
+        self.conv2
+            .bias
+            .f_addmm(&windows, &weight.f_tr()?)?
+            .f_reshape([batch, w2, CONV2_FILTERS])?
+            .f_permute([0, 2, 1])?
+            .f_unsqueeze(2)
     }
 }
 
@@ -1223,4 +1273,30 @@ fn load_weights(var_store: &nn::VarStore, path: &Path, precision: Precision) -> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The matrix-product form of convolution II gives what libtorch's 2-D convolution gives
+    /// on the `[B, C, N, W1]` map with the same weights.
+    #[test]
+    fn context_convolution_equals_the_2d_convolution() {
+        tch::manual_seed(3);
+        for packets in SUPPORTED_PACKETS_PER_CONTEXT {
+            let store = nn::VarStore::new(Device::Cpu);
+            let net = ComboNet::try_new(&store.root(), packets, 1500, Attention::SaSe, 4).unwrap();
+            let (batch, n) = (3i64, packets as i64);
+            let stacked =
+                Tensor::randn([batch, n, CONV1_FILTERS, net.conv1_width as i64], (Kind::Float, Device::Cpu));
+            let fast = net.context_convolution(&stacked, batch).unwrap();
+            let reference = stacked
+                .permute([0, 2, 1, 3])
+                .conv2d(&net.conv2.weight, Some(&net.conv2.bias), [1, 3], [0, 0], [1, 1], 1);
+            assert_eq!(fast.size(), reference.size());
+            let difference = (fast - reference).abs().max().double_value(&[]);
+            assert!(difference < 1e-3, "N={packets}: largest difference {difference}");
+        }
+    }
 }

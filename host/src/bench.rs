@@ -1,0 +1,331 @@
+//! `combo bench`: how fast this machine runs the packet path and the model.
+//!
+//! - `packets`: frames of real captures through the C ABI (the .so, as an engine loads it),
+//!   with inference off (the null backend) or on; packets/s, ns per call, and the memory of
+//!   100 000 idle flows.
+//! - `model`: contexts/s of the network by batch size and N, the GFLOP/s that makes against
+//!   its counted FLOPs, and the GFLOP/s libtorch reaches on the same convolution and dense
+//!   shapes alone (the ceiling for this network on this machine).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use combo_plugin::config::{BackendKind, EngineConfig, FullRingPolicy, PreprocessConfig};
+use combo_plugin::model::{
+    Attention, Classifier, ModelCard, TrainingSummary, feature_widths, flops_per_context,
+};
+use serde_json::json;
+use tch::{Device, Kind, Tensor};
+
+use crate::capture::CaptureReader;
+use crate::plugin::{Plugin, PluginEngine, default_path};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    what: BenchKind,
+    /// Also write the results as JSON to this file.
+    #[arg(long, global = true)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum BenchKind {
+    /// The packet path through the C ABI.
+    Packets(PacketArgs),
+    /// The model alone, by batch size and N.
+    Model(ModelArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum Inference {
+    /// Contexts are consumed by the null backend: the packet path alone.
+    Off,
+    /// The real model on the inference thread, policy `drop` (live traffic).
+    On,
+}
+
+#[derive(Args)]
+struct PacketArgs {
+    /// Captures (files or folders) whose frames are replayed from memory.
+    #[arg(default_value = "../shared/data/ndpi-corpus/pcap")]
+    captures: Vec<PathBuf>,
+    #[arg(long)]
+    plugin: Option<PathBuf>,
+    /// Model card (labels, N and pre-processing; weights only with `--inference on`).
+    #[arg(long, default_value = "models/default.card.toml")]
+    model: PathBuf,
+    #[arg(long, value_enum, default_value_t = Inference::Off)]
+    inference: Inference,
+    /// Seconds of replay to time (whole passes over the frames).
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Idle flows created for the memory measurement.
+    #[arg(long, default_value_t = 100_000)]
+    flows: usize,
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    #[arg(long, value_delimiter = ',', default_value = "1,32,256")]
+    batches: Vec<usize>,
+    #[arg(long, value_delimiter = ',', default_value = "1,3,5")]
+    packets: Vec<usize>,
+    #[arg(long, default_value = "sa_se")]
+    attention: Attention,
+    /// Seconds per measurement (at least two batches are run).
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let results = match args.what {
+        BenchKind::Packets(packet_args) => bench_packets(packet_args)?,
+        BenchKind::Model(model_args) => bench_model(model_args)?,
+    };
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&results)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+struct Frame {
+    link_type: u32,
+    ts_nanos: u64,
+    orig_len: u32,
+    data: Vec<u8>,
+}
+
+fn load_frames(inputs: &[PathBuf]) -> Result<Vec<Frame>> {
+    let mut files = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(input)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "pcap" || e == "pcapng"))
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(input.clone());
+        }
+    }
+    let mut frames = Vec::new();
+    for file in files {
+        let Ok(mut reader) = CaptureReader::open(&file) else { continue };
+        // Unreadable tails are left out: the benchmark wants frames, not errors.
+        while let Ok(Some(frame)) = reader.next_frame() {
+            frames.push(Frame {
+                link_type: frame.link_type,
+                ts_nanos: frame.ts_nanos,
+                orig_len: frame.orig_len,
+                data: frame.data.to_vec(),
+            });
+        }
+    }
+    if frames.is_empty() {
+        bail!("no frames in {inputs:?}");
+    }
+    Ok(frames)
+}
+
+/// Resident memory of this process, in bytes.
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    pages * 4096
+}
+
+fn bench_packets(args: PacketArgs) -> Result<serde_json::Value> {
+    let frames = load_frames(&args.captures)?;
+    let bytes: usize = frames.iter().map(|f| f.data.len()).sum();
+    println!("{} frames ({:.1} MB) loaded into memory", frames.len(), bytes as f64 / 1e6);
+
+    let mut config = EngineConfig::default();
+    config.model.path = Some(args.model.clone());
+    config.model.backend = match args.inference {
+        Inference::Off => BackendKind::Null,
+        Inference::On => BackendKind::Torch,
+    };
+    config.inference.on_full = FullRingPolicy::Drop;
+    config.flows.max_flows = args.flows.max(65_536) + 1;
+    let plugin = Plugin::load(&args.plugin.clone().unwrap_or_else(default_path))?;
+    let engine = Arc::new(PluginEngine::new(&plugin, &toml::to_string(&config)?)?);
+    let mut worker = engine.worker()?;
+    let mut records = Vec::new();
+
+    // Whole passes over the frames until the time is up; each pass ends its flows, as the end
+    // of a capture does, so every pass does the same work.
+    let budget = Duration::from_secs_f64(args.seconds);
+    let started = Instant::now();
+    let mut packets = 0u64;
+    let mut process_time = Duration::ZERO;
+    while started.elapsed() < budget || packets == 0 {
+        let pass = Instant::now();
+        for (i, frame) in frames.iter().enumerate() {
+            worker.process(frame.link_type, frame.ts_nanos, &frame.data, frame.orig_len, i as u64)?;
+        }
+        process_time += pass.elapsed();
+        packets += frames.len() as u64;
+        worker.flush(true)?;
+        worker.poll(&mut records)?;
+        records.clear();
+    }
+    let stats = worker.stats()?;
+    let per_second = packets as f64 / process_time.as_secs_f64();
+    let ns_per_call = process_time.as_nanos() as f64 / packets as f64;
+    println!(
+        "packet path, inference {}: {:.2} M packets/s on one worker, {:.0} ns per process call",
+        if args.inference == Inference::Off { "off" } else { "on (drop policy)" },
+        per_second / 1e6,
+        ns_per_call
+    );
+    println!(
+        "  contexts {} sent, {} classified, {} dropped (ring full)",
+        stats.contexts, stats.contexts_classified, stats.contexts_dropped
+    );
+
+    // Memory of idle flows: one small UDP packet each, so each holds one buffered packet.
+    let before = resident_bytes();
+    let mut frame = synthetic_udp_frame();
+    for flow in 0..args.flows as u32 {
+        frame[26..30].copy_from_slice(&(0x0a00_0000 | flow).to_be_bytes());
+        worker.process(1, 1_000_000_000, &frame, frame.len() as u32, 0)?;
+    }
+    let grown = resident_bytes().saturating_sub(before);
+    let per_flow = grown as f64 / args.flows as f64;
+    let card = ModelCard::load(&args.model)?;
+    let buffered = (card.packets_per_context * card.preprocess.packet_bytes) as f64;
+    println!(
+        "memory: {:.1} MB for {} idle flows = {:.0} B per flow, of which {:.0} B is its packet \
+         buffer (N x packet_bytes) and {:.0} B the flow's own state",
+        grown as f64 / 1e6,
+        args.flows,
+        per_flow,
+        buffered,
+        per_flow - buffered
+    );
+    worker.flush(true)?;
+    Ok(json!({
+        "frames": frames.len(),
+        "inference": if args.inference == Inference::Off { "off" } else { "on" },
+        "packets_per_second": per_second,
+        "ns_per_process_call": ns_per_call,
+        "contexts": stats.contexts,
+        "contexts_dropped": stats.contexts_dropped,
+        "idle_flows": args.flows,
+        "bytes_per_idle_flow": per_flow,
+        "buffer_bytes_per_flow": buffered,
+    }))
+}
+
+/// Ethernet, IPv4, UDP 40000 -> 443 with 32 bytes of payload; the source address varies.
+fn synthetic_udp_frame() -> Vec<u8> {
+    let mut frame = vec![0u8; 14 + 20 + 8 + 32];
+    frame[12..14].copy_from_slice(&[0x08, 0x00]);
+    frame[14] = 0x45;
+    frame[16..18].copy_from_slice(&(20u16 + 8 + 32).to_be_bytes());
+    frame[22] = 64;
+    frame[23] = 17;
+    frame[30..34].copy_from_slice(&[192, 0, 2, 1]);
+    frame[34..36].copy_from_slice(&40000u16.to_be_bytes());
+    frame[36..38].copy_from_slice(&443u16.to_be_bytes());
+    frame[38..40].copy_from_slice(&(8u16 + 32).to_be_bytes());
+    frame
+}
+
+/// Runs `step` until `seconds` pass (at least twice, after one warm-up); seconds per call.
+fn time_per_call(seconds: f64, mut step: impl FnMut() -> Result<()>) -> Result<f64> {
+    step()?;
+    let started = Instant::now();
+    let mut calls = 0u32;
+    while calls < 2 || started.elapsed().as_secs_f64() < seconds {
+        step()?;
+        calls += 1;
+    }
+    Ok(started.elapsed().as_secs_f64() / calls as f64)
+}
+
+fn bench_model(args: ModelArgs) -> Result<serde_json::Value> {
+    let classes = 11;
+    let packet_bytes = PreprocessConfig::default().packet_bytes;
+    println!(
+        "threads: libtorch {} intra-op; attention {}; {} classes; CPU",
+        tch::get_num_threads(),
+        args.attention,
+        classes
+    );
+    println!("{:>2} {:>6} {:>12} {:>10} {:>10} {:>14} {:>8}", "N", "batch", "contexts/s", "ms/batch",
+        "GFLOP/s", "libtorch GF/s", "ratio");
+    let mut rows = Vec::new();
+    for &packets in &args.packets {
+        let card = ModelCard {
+            format: 1,
+            name: "bench".into(),
+            labels: (0..classes).map(|i| format!("class{i}")).collect(),
+            packets_per_context: packets,
+            attention: args.attention,
+            preprocess: PreprocessConfig::default(),
+            weights: String::new(),
+            precision: String::new(),
+            random_weights: true,
+            parameters: 0,
+            training: TrainingSummary::default(),
+        };
+        let classifier = Classifier::new_random(card, Device::Cpu, 1)?;
+        let flops = flops_per_context(packets, packet_bytes, args.attention, classes)?;
+        for &batch in &args.batches {
+            let raw: Vec<u8> = (0..batch * packets * packet_bytes).map(|i| (i * 31 % 251) as u8).collect();
+            let mut probs = Vec::new();
+            let seconds = time_per_call(args.seconds, || {
+                classifier.predict(&raw, batch, &mut probs).map_err(Into::into)
+            })?;
+            let reference = libtorch_reference(packets, packet_bytes, batch, args.seconds)?;
+            let achieved = flops * batch as f64 / seconds / 1e9;
+            println!(
+                "{packets:>2} {batch:>6} {:>12.1} {:>10.2} {:>10.1} {:>14.1} {:>7.0}%",
+                batch as f64 / seconds,
+                seconds * 1e3,
+                achieved,
+                reference,
+                100.0 * achieved / reference
+            );
+            rows.push(json!({
+                "packets": packets, "batch": batch, "contexts_per_second": batch as f64 / seconds,
+                "gflops": achieved, "libtorch_gflops": reference, "flops_per_context": flops,
+            }));
+        }
+    }
+    Ok(json!({ "model": rows, "threads": tch::get_num_threads() }))
+}
+
+/// GFLOP/s of libtorch on the network's two convolutions and first dense layer alone, with
+/// the same shapes and batch: what the model could reach if nothing else cost time.
+fn libtorch_reference(packets: usize, packet_bytes: usize, batch: usize, seconds: f64) -> Result<f64> {
+    let _no_grad = tch::no_grad_guard();
+    let (w1, w2) = feature_widths(packet_bytes)?;
+    let (b, n, l) = (batch as i64, packets as i64, packet_bytes as i64);
+    let options = (Kind::Float, Device::Cpu);
+    let input = Tensor::f_randn([b * n, 1, l], options)?;
+    let conv1_weight = Tensor::f_randn([200, 1, 5], options)?;
+    let conv2_input = Tensor::f_randn([b, 200, n, w1 as i64], options)?;
+    let conv2_weight = Tensor::f_randn([200, 200, n, 3], options)?;
+    let dense_input = Tensor::f_randn([b, 200 * w2 as i64], options)?;
+    let dense_weight = Tensor::f_randn([100, 200 * w2 as i64], options)?;
+    let time = time_per_call(seconds, || {
+        let _ = input.f_conv1d(&conv1_weight, None::<Tensor>, [3], [0], [1], 1)?;
+        let _ = conv2_input.f_conv2d(&conv2_weight, None::<Tensor>, [1, 3], [0, 0], [1, 1], 1)?;
+        let _ = dense_input.f_matmul(&dense_weight.f_tr()?)?;
+        Ok(())
+    })?;
+    let flops = 2.0
+        * batch as f64
+        * (packets as f64 * w1 as f64 * 200.0 * 5.0
+            + w2 as f64 * 200.0 * 200.0 * packets as f64 * 3.0
+            + 200.0 * w2 as f64 * 100.0);
+    Ok(flops / time / 1e9)
+}
