@@ -3,11 +3,17 @@
 //! `replay` feeds capture files through the plugin's C ABI, loaded with libloading exactly as
 //! a packet engine would load it; the model commands use the engine crate directly.
 
+mod ablate;
 mod bench;
 mod capture;
+mod dataset;
+mod eval;
+mod metrics;
 mod model_cmd;
+mod plot;
 mod plugin;
 mod replay;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,6 +36,14 @@ enum Command {
     Replay(replay::ReplayArgs),
     /// Create a model with random weights (a stand-in until a trained one exists).
     InitModel(model_cmd::InitModelArgs),
+    /// Build a dataset of labeled contexts from captures.
+    Dataset(dataset::DatasetArgs),
+    /// Train a model on a dataset.
+    Train(train::TrainArgs),
+    /// Evaluate a model on a split of a dataset: metrics, confusion matrices, report.
+    Eval(eval::EvalArgs),
+    /// The paper's ablation (N x attention) plus capture split and shortcut masks.
+    Ablate(ablate::AblateArgs),
     /// Measure the packet path and the model on this machine.
     Bench(bench::BenchArgs),
     /// Print a model card and its parameter count.
@@ -49,6 +63,10 @@ fn main() -> ExitCode {
     // Before libtorch allocates anything: keep glibc from unmapping activations each batch.
     combo_packet::allocator::tune_for_inference();
     let result = match cli.command {
+        Command::Dataset(args) => dataset::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Train(args) => train::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Eval(args) => eval::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Ablate(args) => ablate::run(args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench::run(args).map(|()| ExitCode::SUCCESS),
         Command::Replay(args) => replay::run(args),
         Command::InitModel(args) => model_cmd::init_model(args).map(|()| ExitCode::SUCCESS),

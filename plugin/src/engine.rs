@@ -543,6 +543,14 @@ pub struct Worker {
     ring_capacity: usize,
 }
 
+/// Whether the flow's `kept`-th kept packet (counting from 1) completes a context of its last
+/// `n` packets: at the n-th, then every `stride` packets. Shared with dataset building, so
+/// models train on the contexts the engine classifies.
+pub fn context_due(kept: u64, n: usize, stride: u64) -> bool {
+    let n = n as u64;
+    kept >= n && (kept - n) % stride.max(1) == 0
+}
+
 /// Polls between two publications of a worker's counters to the engine (a mutex each).
 const POLLS_PER_PUBLISH: u32 = 1024;
 
@@ -678,7 +686,7 @@ impl Worker {
         flow.kept += 1;
 
         // Every `stride` packets once N are there, the last N packets form a context.
-        if flow.kept >= n as u64 && (flow.kept - n as u64) % self.stride == 0 {
+        if context_due(flow.kept, n, self.stride) {
             self.send_context(slot, ts_nanos, user_tag);
         }
         Outcome::Accepted

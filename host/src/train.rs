@@ -1,0 +1,428 @@
+//! `combo train`: a dataset to a model card the plugin loads.
+//!
+//! Adam (batch 32 by default, as in the paper), a learning rate halved when the validation
+//! loss stops improving, early stopping, the best epoch's weights kept. Adam's state lives in
+//! our own tensors rather than tch's optimizer so that a checkpoint holds all of it and a
+//! resumed run continues exactly where it stopped.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use combo_plugin::model::{
+    Attention, Classifier, ModelCard, Precision, TrainingSummary, scale_bytes, select_device,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::dataset::{Dataset, SplitMix64, TRAIN, VALIDATION};
+use crate::plot::{EpochPoint, training_curves_png};
+
+#[derive(Args, Clone)]
+pub struct TrainArgs {
+    /// Dataset made by `combo dataset`.
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// Model card to write (`*.card.toml`); the best epoch's weights go beside it.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value = "sa_se")]
+    pub attention: Attention,
+    /// Most epochs.
+    #[arg(long, default_value_t = 40)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Initial learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub learning_rate: f64,
+    /// Halve the learning rate after this many epochs without a better validation loss.
+    #[arg(long, default_value_t = 2)]
+    pub lr_patience: usize,
+    /// Stop after this many epochs without a better validation loss.
+    #[arg(long, default_value_t = 5)]
+    pub patience: usize,
+    /// Training contexts per epoch, a random subset each epoch (0: all): a time budget.
+    #[arg(long, default_value_t = 0)]
+    pub epoch_contexts: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// auto, cpu, cuda, cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// libtorch CPU threads (0: libtorch's default).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Continue from the checkpoint beside --out.
+    #[arg(long)]
+    pub resume: bool,
+    /// Store the final weights in half precision (half the size; predictions move ~1e-3).
+    #[arg(long)]
+    pub half: bool,
+    /// The command line to record in the card (default: this one).
+    #[arg(long)]
+    pub record_command: Option<String>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+const ADAM_BETA1: f64 = 0.9;
+const ADAM_BETA2: f64 = 0.999;
+const ADAM_EPSILON: f64 = 1e-8;
+/// A validation loss must improve by this much to count as better.
+const MIN_IMPROVEMENT: f64 = 1e-4;
+/// Below this the learning rate is not lowered further.
+const MIN_LEARNING_RATE: f64 = 1e-6;
+
+/// Everything needed to continue a run, besides the weights and Adam's moments.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct RunState {
+    epochs_done: usize,
+    steps: i64,
+    learning_rate: f64,
+    best_validation_loss: f64,
+    best_epoch: usize,
+    epochs_without_improvement: usize,
+    history: Vec<EpochPoint>,
+    seconds: f64,
+}
+
+/// Adam's first and second moments, by variable name.
+struct Adam {
+    first: BTreeMap<String, Tensor>,
+    second: BTreeMap<String, Tensor>,
+}
+
+impl Adam {
+    fn new(variables: &BTreeMap<String, Tensor>) -> Result<Self> {
+        let zeros = |t: &Tensor| t.f_zeros_like();
+        Ok(Self {
+            first: variables.iter().map(|(n, t)| Ok((n.clone(), zeros(t)?))).collect::<Result<_>>()?,
+            second: variables.iter().map(|(n, t)| Ok((n.clone(), zeros(t)?))).collect::<Result<_>>()?,
+        })
+    }
+
+    /// One step with bias correction; `steps` counts this step.
+    fn step(&mut self, variables: &BTreeMap<String, Tensor>, learning_rate: f64, steps: i64) -> Result<()> {
+        let _no_grad = tch::no_grad_guard();
+        let correction1 = 1.0 - ADAM_BETA1.powi(steps as i32);
+        let correction2 = 1.0 - ADAM_BETA2.powi(steps as i32);
+        for (name, variable) in variables {
+            let gradient = variable.f_grad()?;
+            if !gradient.defined() {
+                continue;
+            }
+            let (Some(first), Some(second)) = (self.first.get_mut(name), self.second.get_mut(name)) else {
+                bail!("no Adam state for {name}");
+            };
+            let _ = first.f_mul_scalar_(ADAM_BETA1)?.f_add_(&gradient.f_mul_scalar(1.0 - ADAM_BETA1)?)?;
+            let _ = second
+                .f_mul_scalar_(ADAM_BETA2)?
+                .f_add_(&gradient.f_mul(&gradient)?.f_mul_scalar(1.0 - ADAM_BETA2)?)?;
+            let denominator = second.f_div_scalar(correction2)?.f_sqrt()?.f_add_scalar(ADAM_EPSILON)?;
+            let update = first.f_div(&denominator)?.f_mul_scalar(learning_rate / correction1)?;
+            let mut variable = variable.shallow_clone();
+            let _ = variable.f_sub_(&update)?;
+        }
+        Ok(())
+    }
+
+    fn save(&self, path: &Path) -> Result<()> {
+        let mut named: Vec<(String, &Tensor)> = Vec::new();
+        for (name, t) in &self.first {
+            named.push((format!("first.{name}"), t));
+        }
+        for (name, t) in &self.second {
+            named.push((format!("second.{name}"), t));
+        }
+        Tensor::write_safetensors(&named, path).with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    fn load(path: &Path, device: Device) -> Result<Self> {
+        let mut adam = Self { first: BTreeMap::new(), second: BTreeMap::new() };
+        for (name, tensor) in Tensor::read_safetensors(path)? {
+            let tensor = tensor.f_to_device(device)?;
+            if let Some(rest) = name.strip_prefix("first.") {
+                adam.first.insert(rest.to_string(), tensor);
+            } else if let Some(rest) = name.strip_prefix("second.") {
+                adam.second.insert(rest.to_string(), tensor);
+            }
+        }
+        Ok(adam)
+    }
+}
+
+fn checkpoint_dir(out: &Path) -> PathBuf {
+    let stem = out.file_name().and_then(|n| n.to_str()).unwrap_or("model").trim_end_matches(".card.toml");
+    out.with_file_name(format!("{stem}.checkpoint"))
+}
+
+fn card_stem(out: &Path) -> Result<String> {
+    out.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".card.toml"))
+        .map(str::to_string)
+        .context("--out must end in .card.toml")
+}
+
+/// What a finished run produced.
+pub struct TrainOutcome {
+    pub best_epoch: usize,
+    pub best_validation_loss: f64,
+    pub epochs_run: usize,
+    pub seconds: f64,
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let outcome = train(&args)?;
+    println!(
+        "best epoch {} of {} (validation loss {:.4}) in {:.0} s; model: {}",
+        outcome.best_epoch,
+        outcome.epochs_run,
+        outcome.best_validation_loss,
+        outcome.seconds,
+        args.out.display()
+    );
+    Ok(())
+}
+
+pub fn train(args: &TrainArgs) -> Result<TrainOutcome> {
+    if args.batch == 0 || args.epochs == 0 {
+        bail!("--batch and --epochs must be positive");
+    }
+    if args.threads > 0 {
+        tch::set_num_threads(args.threads as i32);
+    }
+    let device = select_device(&args.device)?;
+    let name = card_stem(&args.out)?;
+    let weights = args.out.with_file_name(format!("{name}.safetensors"));
+    if std::fs::canonicalize(&weights).ok() == std::fs::canonicalize(&args.dataset).ok() && weights.exists() {
+        bail!("the model's weights {} would overwrite the dataset; choose another --out", weights.display());
+    }
+    let dataset = Dataset::load(&args.dataset)?;
+    let train_indices = dataset.split(TRAIN);
+    let validation_indices = dataset.split(VALIDATION);
+    if train_indices.is_empty() || validation_indices.is_empty() {
+        bail!("the dataset needs training and validation contexts");
+    }
+    let info = &dataset.info;
+    let checkpoint = checkpoint_dir(&args.out);
+
+    // A fresh model, or the last checkpoint with its optimizer state.
+    let (mut classifier, mut adam, mut state) = if args.resume && checkpoint.join("state.json").exists() {
+        let classifier = Classifier::load(&checkpoint.join("last.card.toml"), device)?;
+        let adam = Adam::load(&checkpoint.join("adam.safetensors"), device)?;
+        let state: RunState = serde_json::from_str(&std::fs::read_to_string(checkpoint.join("state.json"))?)?;
+        log::info!("resuming after epoch {} from {}", state.epochs_done, checkpoint.display());
+        (classifier, adam, state)
+    } else {
+        let card = ModelCard {
+            format: 1,
+            name: name.clone(),
+            labels: info.labels.clone(),
+            packets_per_context: info.packets_per_context,
+            attention: args.attention,
+            preprocess: info.preprocess.clone(),
+            weights: String::new(),
+            precision: String::new(),
+            random_weights: true,
+            parameters: 0,
+            training: TrainingSummary::default(),
+        };
+        tch::manual_seed(args.seed as i64);
+        let classifier = Classifier::new_random(card, device, args.seed as i64)?;
+        let adam = Adam::new(&named_variables(&classifier))?;
+        let state = RunState {
+            epochs_done: 0,
+            steps: 0,
+            learning_rate: args.learning_rate,
+            best_validation_loss: f64::INFINITY,
+            best_epoch: 0,
+            epochs_without_improvement: 0,
+            history: Vec::new(),
+            seconds: 0.0,
+        };
+        (classifier, adam, state)
+    };
+    log::info!(
+        "training N={} {} on {} contexts ({} validation), {} classes, {} parameters, {:?}",
+        info.packets_per_context,
+        args.attention,
+        train_indices.len(),
+        validation_indices.len(),
+        info.labels.len(),
+        classifier.parameter_count(),
+        device
+    );
+
+    let variables = named_variables(&classifier);
+    let mut raw = Vec::new();
+    while state.epochs_done < args.epochs && state.epochs_without_improvement < args.patience {
+        let epoch = state.epochs_done + 1;
+        let started = Instant::now();
+
+        // The epoch's order depends only on the seed and the epoch, so a resumed run sees
+        // what an uninterrupted one would.
+        let mut order = train_indices.clone();
+        SplitMix64(args.seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9)).shuffle(&mut order);
+        if args.epoch_contexts > 0 {
+            order.truncate(args.epoch_contexts);
+        }
+        let progress = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(order.len() as u64) };
+        progress.set_style(
+            ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({eta})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        progress.set_prefix(format!("{epoch}/{}", args.epochs));
+        let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
+        for batch in order.chunks(args.batch) {
+            raw.clear();
+            dataset.fill_batch(batch, &mut raw);
+            let (xs, targets) = inputs(&dataset, batch, &raw, device)?;
+            for variable in variables.values() {
+                let mut variable = variable.shallow_clone();
+                variable.zero_grad();
+            }
+            let logits = classifier.net().f_forward_t(&xs, true)?;
+            let loss = logits.f_log_softmax(-1, Kind::Float)?.f_nll_loss(&targets, None::<Tensor>, tch::Reduction::Mean, -100)?;
+            loss.f_backward()?;
+            state.steps += 1;
+            adam.step(&variables, state.learning_rate, state.steps)?;
+            loss_sum += loss.f_double_value(&[])? * batch.len() as f64;
+            correct += logits.f_argmax(-1, false)?.f_eq_tensor(&targets)?.f_sum(Kind::Int64)?.f_int64_value(&[])?;
+            seen += batch.len();
+            progress.inc(batch.len() as u64);
+            progress.set_message(format!("loss {:.4} acc {:.3}", loss_sum / seen as f64, correct as f64 / seen as f64));
+        }
+        progress.finish_and_clear();
+        let (validation_loss, validation_accuracy) =
+            evaluate_loss(&classifier, &dataset, &validation_indices, args.batch.max(64), device)?;
+        let point = EpochPoint {
+            epoch,
+            train_loss: loss_sum / seen.max(1) as f64,
+            validation_loss,
+            train_accuracy: correct as f64 / seen.max(1) as f64,
+            validation_accuracy,
+            learning_rate: state.learning_rate,
+        };
+        state.seconds += started.elapsed().as_secs_f64();
+        log::info!(
+            "epoch {epoch}: train loss {:.4} acc {:.3} | validation loss {:.4} acc {:.3} | lr {:.1e} | {:.0} s",
+            point.train_loss,
+            point.train_accuracy,
+            point.validation_loss,
+            point.validation_accuracy,
+            point.learning_rate,
+            started.elapsed().as_secs_f64()
+        );
+        state.history.push(point);
+        state.epochs_done = epoch;
+
+        // Keep the best epoch; lower the rate on a plateau; stop on a long one.
+        if validation_loss < state.best_validation_loss - MIN_IMPROVEMENT {
+            state.best_validation_loss = validation_loss;
+            state.best_epoch = epoch;
+            state.epochs_without_improvement = 0;
+            save_best(&mut classifier, args, &dataset, &state)?;
+        } else {
+            state.epochs_without_improvement += 1;
+            if state.epochs_without_improvement % args.lr_patience.max(1) == 0 {
+                state.learning_rate = (state.learning_rate * 0.5).max(MIN_LEARNING_RATE);
+            }
+        }
+
+        // Checkpoint after every epoch: weights, Adam's moments, the run's state.
+        std::fs::create_dir_all(&checkpoint)?;
+        classifier.save(&checkpoint.join("last.card.toml"), Precision::F32)?;
+        adam.save(&checkpoint.join("adam.safetensors"))?;
+        std::fs::write(checkpoint.join("state.json"), serde_json::to_string_pretty(&state)?)?;
+    }
+
+    // The curves and the log beside the model.
+    let stem = card_stem(&args.out)?;
+    let log_path = args.out.with_file_name(format!("{stem}.training.json"));
+    std::fs::write(&log_path, serde_json::to_string_pretty(&state)?)?;
+    training_curves_png(&args.out.with_file_name(format!("{stem}.training.png")), &state.history)?;
+    Ok(TrainOutcome {
+        best_epoch: state.best_epoch,
+        best_validation_loss: state.best_validation_loss,
+        epochs_run: state.epochs_done,
+        seconds: state.seconds,
+    })
+}
+
+fn named_variables(classifier: &Classifier) -> BTreeMap<String, Tensor> {
+    classifier.var_store().variables().into_iter().collect()
+}
+
+fn inputs(dataset: &Dataset, batch: &[usize], raw: &[u8], device: Device) -> Result<(Tensor, Tensor)> {
+    let info = &dataset.info;
+    let xs = scale_bytes(raw, batch.len(), info.packets_per_context, info.preprocess.packet_bytes, device)?;
+    let labels: Vec<i64> = batch.iter().map(|&i| dataset.context_label[i] as i64).collect();
+    let targets = Tensor::f_from_slice(&labels)?.f_to_device(device)?;
+    Ok((xs, targets))
+}
+
+/// Mean loss and accuracy over some contexts, without dropout or gradients.
+fn evaluate_loss(
+    classifier: &Classifier,
+    dataset: &Dataset,
+    indices: &[usize],
+    batch: usize,
+    device: Device,
+) -> Result<(f64, f64)> {
+    let _no_grad = tch::no_grad_guard();
+    let (mut loss_sum, mut correct) = (0.0, 0i64);
+    let mut raw = Vec::new();
+    for chunk in indices.chunks(batch) {
+        raw.clear();
+        dataset.fill_batch(chunk, &mut raw);
+        let (xs, targets) = inputs(dataset, chunk, &raw, device)?;
+        let logits = classifier.net().f_forward_t(&xs, false)?;
+        let loss = logits.f_log_softmax(-1, Kind::Float)?.f_nll_loss(&targets, None::<Tensor>, tch::Reduction::Sum, -100)?;
+        loss_sum += loss.f_double_value(&[])?;
+        correct += logits.f_argmax(-1, false)?.f_eq_tensor(&targets)?.f_sum(Kind::Int64)?.f_int64_value(&[])?;
+    }
+    let n = indices.len().max(1) as f64;
+    Ok((loss_sum / n, correct as f64 / n))
+}
+
+fn save_best(classifier: &mut Classifier, args: &TrainArgs, dataset: &Dataset, state: &RunState) -> Result<()> {
+    let info = &dataset.info;
+    let command = args.record_command.clone().unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" "));
+    let mut metrics = BTreeMap::new();
+    metrics.insert("validation_loss".to_string(), state.best_validation_loss);
+    if let Some(point) = state.history.last() {
+        metrics.insert("validation_accuracy".to_string(), point.validation_accuracy);
+        metrics.insert("train_accuracy".to_string(), point.train_accuracy);
+    }
+    classifier.mark_trained(TrainingSummary {
+        data: format!(
+            "{} ({} contexts: {} train, {} validation; {} flows; N={}, stride {}, per-class cap {})",
+            info.source,
+            dataset.len(),
+            dataset.split(TRAIN).len(),
+            dataset.split(VALIDATION).len(),
+            dataset.flows.len(),
+            info.packets_per_context,
+            info.stride,
+            info.per_class_cap
+        ),
+        split: format!("{:?}, 8:1:1, seed {}", info.split, info.seed).to_lowercase(),
+        commands: vec![command],
+        metrics,
+        notes: format!(
+            "best of {} epochs at epoch {} ({:.0} s so far), batch {}, Adam lr {} halved after {} \
+             epochs without improvement, device {}",
+            state.epochs_done, state.best_epoch, state.seconds, args.batch, args.learning_rate,
+            args.lr_patience, args.device
+        ),
+    });
+    let precision = if args.half { Precision::F16 } else { Precision::F32 };
+    classifier.save(&args.out, precision)?;
+    Ok(())
+}
