@@ -56,6 +56,16 @@ typedef enum ComboStatus {
     COMBO_STATUS_PANIC = 8,
 } ComboStatus;
 
+// Importance of a log record, as in Rust's `log` crate.
+typedef enum ComboLogLevel {
+    COMBO_LOG_LEVEL_OFF = 0,
+    COMBO_LOG_LEVEL_ERROR = 1,
+    COMBO_LOG_LEVEL_WARN = 2,
+    COMBO_LOG_LEVEL_INFO = 3,
+    COMBO_LOG_LEVEL_DEBUG = 4,
+    COMBO_LOG_LEVEL_TRACE = 5,
+} ComboLogLevel;
+
 // What happened to one packet given to `combo_worker_process`.
 typedef enum ComboOutcome {
     // Parsed, kept and added to its flow.
@@ -96,6 +106,13 @@ typedef struct ComboEngine ComboEngine;
 
 // Opaque worker handle.
 typedef struct ComboWorker ComboWorker;
+
+// Receives one log record. `target` (the module) and `message` are NUL-terminated and valid
+// only during the call. Called from any of the library's threads, possibly at the same time.
+typedef void (*ComboLogCallback)(void *user_data,
+                                 enum ComboLogLevel level,
+                                 const char *target,
+                                 const char *message);
 
 // Counters (see the README). Once a worker is flushed,
 // `packets = accepted + skipped_* + filtered_*` and
@@ -181,6 +198,17 @@ extern "C" {
 // The runtime ABI version, `(major << 16) | minor`. A host checks the major part against
 // `COMBO_ABI_VERSION_MAJOR` before any other call.
 uint32_t combo_abi_version(void);
+
+// Sends the library's log records of `max_level` and more important to `callback` (NULL:
+// none). Records come from any thread, the inference thread included; nothing on the
+// per-packet path logs above `COMBO_LOG_LEVEL_TRACE`. Thread-safe; the latest call wins.
+//
+// # Safety
+// `callback` must be NULL or a function safe to call from any thread, with `user_data`,
+// until it is replaced.
+enum ComboStatus combo_set_log_callback(ComboLogCallback callback,
+                                        void *user_data,
+                                        enum ComboLogLevel max_level);
 
 // The library's version, e.g. "0.1.0", static storage.
 const char *combo_version_string(void);

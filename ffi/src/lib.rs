@@ -233,6 +233,25 @@ pub extern "C" fn combo_abi_version() -> u32 {
     (COMBO_ABI_VERSION_MAJOR << 16) | COMBO_ABI_VERSION_MINOR
 }
 
+/// Sends the library's log records of `max_level` and more important to `callback` (NULL:
+/// none). Records come from any thread, the inference thread included; nothing on the
+/// per-packet path logs above `COMBO_LOG_LEVEL_TRACE`. Thread-safe; the latest call wins.
+///
+/// # Safety
+/// `callback` must be NULL or a function safe to call from any thread, with `user_data`,
+/// until it is replaced.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn combo_set_log_callback(
+    callback: ComboLogCallback,
+    user_data: *mut std::ffi::c_void,
+    max_level: ComboLogLevel,
+) -> ComboStatus {
+    boundary(|| {
+        logging::set_callback(callback, user_data, max_level);
+        ComboStatus::Ok
+    })
+}
+
 /// The library's version, e.g. "0.1.0", static storage.
 #[unsafe(no_mangle)]
 pub extern "C" fn combo_version_string() -> *const c_char {
@@ -274,6 +293,9 @@ pub unsafe extern "C" fn combo_last_error(buffer: *mut c_char, capacity: usize) 
 }
 
 pub mod allocator;
+pub mod logging;
+
+pub use logging::{ComboLogCallback, ComboLogLevel};
 
 fn new_engine(config: Result<EngineConfig, Error>, out: *mut *mut ComboEngine) -> ComboStatus {
     allocator::tune_for_inference();

@@ -1,18 +1,19 @@
 //! The plugin seen through its C ABI: `libcombo_packet.so` loaded with libloading, as a
 //! packet engine loads it. Safe wrappers own the handles and free them on drop.
 
-use std::ffi::{CStr, CString, c_char};
+use std::ffi::{CStr, CString, c_char, c_void};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use combo_packet::{
-    COMBO_ABI_VERSION_MAJOR, ComboEngine, ComboOutcome, ComboRecord, ComboStats, ComboStatus,
-    ComboWorker,
+    COMBO_ABI_VERSION_MAJOR, ComboEngine, ComboLogCallback, ComboLogLevel, ComboOutcome,
+    ComboRecord, ComboStats, ComboStatus, ComboWorker,
 };
 use libloading::Library;
 
 type AbiVersion = unsafe extern "C" fn() -> u32;
+type SetLogCallback = unsafe extern "C" fn(ComboLogCallback, *mut c_void, ComboLogLevel) -> ComboStatus;
 type LastError = unsafe extern "C" fn(*mut c_char, usize) -> usize;
 type EngineNewFromToml = unsafe extern "C" fn(*const c_char, *mut *mut ComboEngine) -> ComboStatus;
 type EngineFree = unsafe extern "C" fn(*mut ComboEngine);
@@ -82,6 +83,9 @@ impl Plugin {
                     COMBO_ABI_VERSION_MAJOR
                 );
             }
+            // The plugin's log records join ours, at our level.
+            let set_log_callback: SetLogCallback = *library.get(b"combo_set_log_callback\0")?;
+            set_log_callback(Some(forward_log), std::ptr::null_mut(), log_level());
             Ok(Arc::new(Self {
                 last_error: *library.get(b"combo_last_error\0")?,
                 engine_new_from_toml: *library.get(b"combo_engine_new_from_toml\0")?,
@@ -110,8 +114,43 @@ impl Plugin {
         let message = CStr::from_bytes_until_nul(&buffer)
             .map(|m| m.to_string_lossy().into_owned())
             .unwrap_or_default();
-        bail!("{what}: {message} ({status:?})")
+        bail!("{what}: {message}")
     }
+}
+
+fn log_level() -> ComboLogLevel {
+    match log::max_level() {
+        log::LevelFilter::Off => ComboLogLevel::Off,
+        log::LevelFilter::Error => ComboLogLevel::Error,
+        log::LevelFilter::Warn => ComboLogLevel::Warn,
+        log::LevelFilter::Info => ComboLogLevel::Info,
+        log::LevelFilter::Debug => ComboLogLevel::Debug,
+        log::LevelFilter::Trace => ComboLogLevel::Trace,
+    }
+}
+
+/// Receives the plugin's log records (from any of its threads).
+unsafe extern "C" fn forward_log(
+    _user_data: *mut c_void,
+    level: ComboLogLevel,
+    target: *const c_char,
+    message: *const c_char,
+) {
+    let level = match level {
+        ComboLogLevel::Error => log::Level::Error,
+        ComboLogLevel::Warn => log::Level::Warn,
+        ComboLogLevel::Info => log::Level::Info,
+        ComboLogLevel::Debug => log::Level::Debug,
+        ComboLogLevel::Trace | ComboLogLevel::Off => log::Level::Trace,
+    };
+    let text = |pointer: *const c_char| {
+        if pointer.is_null() {
+            return String::new();
+        }
+        // SAFETY: the plugin passes NUL-terminated strings valid for this call.
+        unsafe { CStr::from_ptr(pointer) }.to_string_lossy().into_owned()
+    };
+    log::log!(target: "plugin", level, "{}: {}", text(target), text(message));
 }
 
 /// An engine created through the plugin.

@@ -56,9 +56,9 @@ pub struct ReplayArgs {
     /// Worker handles (capture threads) to spread flows over.
     #[arg(long, default_value_t = 2)]
     workers: usize,
-    /// What a full ring does.
-    #[arg(long, value_enum, default_value_t = Policy::Wait)]
-    policy: Policy,
+    /// What a full ring does [default: wait, or the --config file's inference.on_full].
+    #[arg(long, value_enum)]
+    policy: Option<Policy>,
     /// Also print one line per classified context.
     #[arg(long)]
     contexts: bool,
@@ -125,9 +125,11 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
     if config.model.path.is_none() {
         config.model.path = Some(default_model()?);
     }
-    config.inference.on_full = match args.policy {
-        Policy::Wait => FullRingPolicy::Wait,
-        Policy::Drop => FullRingPolicy::Drop,
+    // Offline replay waits for the model unless told otherwise.
+    config.inference.on_full = match (args.policy, &args.config) {
+        (Some(Policy::Wait), _) | (None, None) => FullRingPolicy::Wait,
+        (Some(Policy::Drop), _) => FullRingPolicy::Drop,
+        (None, Some(_)) => config.inference.on_full,
     };
     let config_toml = toml::to_string(&config).context("serialising the configuration")?;
 
@@ -251,6 +253,9 @@ fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 })
                 .collect();
             found.sort();
+            if found.is_empty() {
+                bail!("{}: no .pcap, .pcapng or .cap files in this folder (not searched recursively)", input.display());
+            }
             files.extend(found);
         } else {
             files.push(input.clone());
@@ -659,7 +664,7 @@ fn print_summary(summary: &serde_json::Map<String, Value>, totals: &ComboStats) 
         totals.flows, totals.flows_evicted, totals.short_flows_padded, totals.short_flows_dropped
     );
     eprintln!(
-        "contexts    {} sent: {} classified, {} dropped (ring full), {} failed; {} batches",
+        "contexts    {} sent: {} classified, {} dropped (ring full), {} failed; model batches: {}",
         totals.contexts,
         totals.contexts_classified,
         totals.contexts_dropped,
@@ -679,7 +684,10 @@ fn print_summary(summary: &serde_json::Map<String, Value>, totals: &ComboStats) 
     );
     if let Some(Value::Array(failed)) = summary.get("files_failed") {
         if !failed.is_empty() {
-            eprintln!("unreadable  {} file(s) (frames before the error were replayed)", failed.len());
+            eprintln!(
+                "unreadable  {} file(s); frames read before an error were still replayed",
+                failed.len()
+            );
         }
     }
 }

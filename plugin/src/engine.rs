@@ -319,14 +319,16 @@ impl Engine {
         let device = select_device(&config.model.device)?;
         let threads = config.model.cpu_threads;
         log::info!(
-            "model {} ({} classes, N={}, attention {}) on {:?}{}",
+            "model {} ({} classes, N={}, attention {}) on {:?}",
             card.name,
             card.labels.len(),
             card.packets_per_context,
             card.attention,
-            device,
-            if card.random_weights { ", RANDOM WEIGHTS: labels mean nothing" } else { "" }
+            device
         );
+        if card.random_weights {
+            log::warn!("model {} has random weights: its labels mean nothing", card.name);
+        }
         let factory: BackendFactory = Box::new(move || {
             if threads > 0 {
                 tch::set_num_threads(threads as i32);
