@@ -263,8 +263,8 @@ const char *combo_engine_label_name(const struct ComboEngine *engine, uint32_t l
 // `engine` must be NULL or a live engine.
 uint32_t combo_engine_packets_per_context(const struct ComboEngine *engine);
 
-// Totals over the engine's workers: freed ones, and live ones as of their last poll or
-// flush. Thread-safe.
+// Totals over the engine's workers: freed ones, and live ones as of their last flush (or
+// every 1024th poll). Thread-safe.
 //
 // # Safety
 // `engine` must be NULL or a live engine; `out` NULL or writable.

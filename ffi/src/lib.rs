@@ -419,8 +419,8 @@ pub unsafe extern "C" fn combo_engine_packets_per_context(engine: *const ComboEn
     unsafe { engine.as_ref() }.map_or(0, |engine| engine.engine.packets_per_context() as u32)
 }
 
-/// Totals over the engine's workers: freed ones, and live ones as of their last poll or
-/// flush. Thread-safe.
+/// Totals over the engine's workers: freed ones, and live ones as of their last flush (or
+/// every 1024th poll). Thread-safe.
 ///
 /// # Safety
 /// `engine` must be NULL or a live engine; `out` NULL or writable.
@@ -514,9 +514,6 @@ pub unsafe extern "C" fn combo_worker_process(
         if data.is_null() && caplen > 0 {
             return fail(ComboStatus::NullArgument, "data is NULL but caplen > 0");
         }
-        if caplen as usize > MAX_FRAME_BYTES {
-            return fail(ComboStatus::InvalidArgument, "caplen exceeds 262144 bytes");
-        }
         let frame: &[u8] = if caplen == 0 {
             &[]
         } else {
@@ -532,9 +529,6 @@ pub unsafe extern "C" fn combo_worker_process(
         ComboStatus::Ok
     })
 }
-
-/// Largest frame accepted, as libpcap's largest snap length.
-const MAX_FRAME_BYTES: usize = 262_144;
 
 /// Copies up to `capacity` finished records, oldest first, into `records` and stores how many
 /// in `out_count`. Never blocks.

@@ -16,6 +16,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use combo_plugin::config::{BackendKind, EngineConfig, FullRingPolicy, PreprocessConfig};
 use combo_plugin::model::{
     Attention, Classifier, ModelCard, TrainingSummary, feature_widths, flops_per_context,
+    select_device,
 };
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
@@ -79,6 +80,9 @@ struct ModelArgs {
     /// Seconds per measurement (at least two batches are run).
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// auto, cpu, cuda, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -253,11 +257,13 @@ fn time_per_call(seconds: f64, mut step: impl FnMut() -> Result<()>) -> Result<f
 fn bench_model(args: ModelArgs) -> Result<serde_json::Value> {
     let classes = 11;
     let packet_bytes = PreprocessConfig::default().packet_bytes;
+    let device = select_device(&args.device)?;
     println!(
-        "threads: libtorch {} intra-op; attention {}; {} classes; CPU",
+        "threads: libtorch {} intra-op; attention {}; {} classes; {:?}",
         tch::get_num_threads(),
         args.attention,
-        classes
+        classes,
+        device
     );
     println!("{:>2} {:>6} {:>12} {:>10} {:>10} {:>14} {:>8}", "N", "batch", "contexts/s", "ms/batch",
         "GFLOP/s", "libtorch GF/s", "ratio");
@@ -276,7 +282,7 @@ fn bench_model(args: ModelArgs) -> Result<serde_json::Value> {
             parameters: 0,
             training: TrainingSummary::default(),
         };
-        let classifier = Classifier::new_random(card, Device::Cpu, 1)?;
+        let classifier = Classifier::new_random(card, device, 1)?;
         let flops = flops_per_context(packets, packet_bytes, args.attention, classes)?;
         for &batch in &args.batches {
             let raw: Vec<u8> = (0..batch * packets * packet_bytes).map(|i| (i * 31 % 251) as u8).collect();
@@ -284,7 +290,7 @@ fn bench_model(args: ModelArgs) -> Result<serde_json::Value> {
             let seconds = time_per_call(args.seconds, || {
                 classifier.predict(&raw, batch, &mut probs).map_err(Into::into)
             })?;
-            let reference = libtorch_reference(packets, packet_bytes, batch, args.seconds)?;
+            let reference = libtorch_reference(packets, packet_bytes, batch, args.seconds, device)?;
             let achieved = flops * batch as f64 / seconds / 1e9;
             println!(
                 "{packets:>2} {batch:>6} {:>12.1} {:>10.2} {:>10.1} {:>14.1} {:>7.0}%",
@@ -305,11 +311,17 @@ fn bench_model(args: ModelArgs) -> Result<serde_json::Value> {
 
 /// GFLOP/s of libtorch on the network's two convolutions and first dense layer alone, with
 /// the same shapes and batch: what the model could reach if nothing else cost time.
-fn libtorch_reference(packets: usize, packet_bytes: usize, batch: usize, seconds: f64) -> Result<f64> {
+fn libtorch_reference(
+    packets: usize,
+    packet_bytes: usize,
+    batch: usize,
+    seconds: f64,
+    device: Device,
+) -> Result<f64> {
     let _no_grad = tch::no_grad_guard();
     let (w1, w2) = feature_widths(packet_bytes)?;
     let (b, n, l) = (batch as i64, packets as i64, packet_bytes as i64);
-    let options = (Kind::Float, Device::Cpu);
+    let options = (Kind::Float, device);
     let input = Tensor::f_randn([b * n, 1, l], options)?;
     let conv1_weight = Tensor::f_randn([200, 1, 5], options)?;
     let conv2_input = Tensor::f_randn([b, 200, n, w1 as i64], options)?;
@@ -319,7 +331,9 @@ fn libtorch_reference(packets: usize, packet_bytes: usize, batch: usize, seconds
     let time = time_per_call(seconds, || {
         let _ = input.f_conv1d(&conv1_weight, None::<Tensor>, [3], [0], [1], 1)?;
         let _ = conv2_input.f_conv2d(&conv2_weight, None::<Tensor>, [1, 3], [0, 0], [1, 1], 1)?;
-        let _ = dense_input.f_matmul(&dense_weight.f_tr()?)?;
+        let product = dense_input.f_matmul(&dense_weight.f_tr()?)?;
+        // GPU work is asynchronous: reading one value waits for all of it.
+        let _ = product.f_sum(Kind::Float)?.f_double_value(&[])?;
         Ok(())
     })?;
     let flops = 2.0

@@ -72,7 +72,10 @@ pub struct ReplayArgs {
 
 /// Frames handed to a worker thread at once, to keep channel traffic off the per-packet cost.
 const FRAMES_PER_CHUNK: usize = 256;
-/// Chunks queued per worker before the reader waits: bounds the replay's memory.
+/// A chunk is sent early when its frames reach this size (jumbo or huge frames).
+const BYTES_PER_CHUNK: usize = 1 << 20;
+/// Chunks queued per worker before the reader waits: with the two limits above, the replay
+/// holds at most about 64 MiB of frames per worker.
 const CHUNKS_QUEUED: usize = 64;
 
 struct FrameMeta {
@@ -114,24 +117,43 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
         bail!("--workers must be between 1 and 256");
     }
 
-    // Configuration: file, then command-line overrides; handed to the plugin as TOML text.
-    let mut config = match &args.config {
+    // Configuration: the file's own keys (checked here, so errors name the file), then the
+    // command-line overrides. Only keys the user set travel to the plugin, so a plugin built
+    // before a new optional key still accepts the text.
+    let config = match &args.config {
         Some(path) => EngineConfig::from_toml_file(path)?,
         None => EngineConfig::default(),
     };
-    if let Some(model) = &args.model {
-        config.model.path = Some(model.clone());
-    }
-    if config.model.path.is_none() {
-        config.model.path = Some(default_model()?);
-    }
+    let mut table: toml::Table = match &args.config {
+        Some(path) => toml::from_str(&std::fs::read_to_string(path)?)?,
+        None => toml::Table::new(),
+    };
+    let model = match (&args.model, &config.model.path) {
+        (Some(model), _) => model.clone(),
+        (None, Some(from_file)) => from_file.clone(),
+        (None, None) => default_model()?,
+    };
     // Offline replay waits for the model unless told otherwise.
-    config.inference.on_full = match (args.policy, &args.config) {
+    let on_full = match (args.policy, &args.config) {
         (Some(Policy::Wait), _) | (None, None) => FullRingPolicy::Wait,
         (Some(Policy::Drop), _) => FullRingPolicy::Drop,
         (None, Some(_)) => config.inference.on_full,
     };
-    let config_toml = toml::to_string(&config).context("serialising the configuration")?;
+    let section = |table: &mut toml::Table, name: &str| -> Result<toml::Table> {
+        match table.remove(name) {
+            Some(toml::Value::Table(section)) => Ok(section),
+            None => Ok(toml::Table::new()),
+            Some(_) => bail!("[{name}] must be a table"),
+        }
+    };
+    let mut model_section = section(&mut table, "model")?;
+    model_section.insert("path".into(), toml::Value::String(model.display().to_string()));
+    table.insert("model".into(), toml::Value::Table(model_section));
+    let mut inference_section = section(&mut table, "inference")?;
+    let policy = if on_full == FullRingPolicy::Wait { "wait" } else { "drop" };
+    inference_section.insert("on_full".into(), toml::Value::String(policy.into()));
+    table.insert("inference".into(), toml::Value::Table(inference_section));
+    let config_toml = toml::to_string(&table).context("serialising the configuration")?;
 
     let plugin_path = args.plugin.clone().unwrap_or_else(default_path);
     let plugin = Plugin::load(&plugin_path)?;
@@ -311,7 +333,7 @@ fn read_file(
             end: chunk.bytes.len(),
             user_tag: ((file_index as u64) << 40) | frame_number,
         });
-        if chunk.frames.len() >= FRAMES_PER_CHUNK {
+        if chunk.frames.len() >= FRAMES_PER_CHUNK || chunk.bytes.len() >= BYTES_PER_CHUNK {
             let full = std::mem::take(chunk);
             senders[target].send(ToWorker::Frames(full)).context("a worker thread stopped")?;
             progress.set_position(bytes_before + reader.bytes_read());
@@ -627,7 +649,9 @@ fn counters_add_up(s: &ComboStats) -> bool {
         + s.filtered_netbios
         + s.filtered_empty_tcp;
     let contexts = s.contexts_classified + s.contexts_dropped + s.contexts_failed;
-    outcomes == s.packets && contexts == s.contexts && s.flows == s.flows_ended
+    // A record the replay failed to collect is a loss, not a counted skip.
+    let nothing_lost = s.records_overflowed == 0;
+    outcomes == s.packets && contexts == s.contexts && s.flows == s.flows_ended && nothing_lost
 }
 
 fn print_summary(summary: &serde_json::Map<String, Value>, totals: &ComboStats) {

@@ -7,6 +7,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 
+/// Largest flow table per worker; its index is reserved up front.
+pub const MAX_FLOWS: usize = 1 << 24;
+/// Largest batch: on the CPU a context of N=5 needs about 6.5 MB of activations while its
+/// batch runs, so 1024 already means about 7 GB.
+pub const MAX_BATCH: usize = 1024;
+/// Longest a context may wait for its batch to fill.
+pub const MAX_WAIT_US: u64 = 1_000_000;
+pub const MAX_PENDING_RECORDS: usize = 1 << 24;
+/// libtorch's thread pool is process-wide; far more threads than cores only hurts (and very
+/// large counts crash inside libgomp).
+pub const MAX_CPU_THREADS: usize = 1024;
+
 /// Bytes kept of every packet, from the IP header on (the paper's 1500).
 pub const DEFAULT_PACKET_BYTES: usize = 1500;
 
@@ -214,14 +226,23 @@ impl EngineConfig {
     /// Rejects values that would make memory unbounded or the pipeline stall.
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |what: &str| Err(Error::Config(what.to_string()));
-        if self.flows.max_flows == 0 || self.flows.max_flows > 1 << 26 {
-            return bad("flows.max_flows must be between 1 and 67108864");
+        if self.flows.max_flows == 0 || self.flows.max_flows > MAX_FLOWS {
+            return bad("flows.max_flows must be between 1 and 16777216");
         }
-        if !(self.flows.idle_timeout_secs > 0.0) {
-            return bad("flows.idle_timeout_secs must be positive");
+        if !(self.flows.idle_timeout_secs > 0.0 && self.flows.idle_timeout_secs <= 86_400.0 * 365.0) {
+            return bad("flows.idle_timeout_secs must be positive and at most a year");
         }
-        if self.inference.max_batch == 0 || self.inference.max_batch > 4096 {
-            return bad("inference.max_batch must be between 1 and 4096");
+        if self.inference.max_batch == 0 || self.inference.max_batch > MAX_BATCH {
+            return bad("inference.max_batch must be between 1 and 1024");
+        }
+        if self.inference.max_wait_us > MAX_WAIT_US {
+            return bad("inference.max_wait_us must be at most 1000000 (one second)");
+        }
+        if self.inference.max_pending_records > MAX_PENDING_RECORDS {
+            return bad("inference.max_pending_records must be at most 16777216");
+        }
+        if self.model.cpu_threads > MAX_CPU_THREADS {
+            return bad("model.cpu_threads must be between 0 (libtorch's default) and 1024");
         }
         if self.inference.ring_capacity == 0 || self.inference.ring_capacity > 1 << 20 {
             return bad("inference.ring_capacity must be between 1 and 1048576");

@@ -276,6 +276,8 @@ struct Shared {
     /// Set by the inference thread before it parks; a worker that pushes a context unparks it.
     inference_idle: AtomicBool,
     shutdown: AtomicBool,
+    /// Workers flushing now: the inference thread then runs partial batches at once.
+    urgent: AtomicUsize,
     /// Cleared when the inference thread ends (normally or not), so no worker waits for it.
     inference_alive: AtomicBool,
     live_workers: AtomicUsize,
@@ -330,8 +332,8 @@ impl Engine {
             log::warn!("model {} has random weights: its labels mean nothing", card.name);
         }
         let factory: BackendFactory = Box::new(move || {
-            if threads > 0 {
-                tch::set_num_threads(threads as i32);
+            if let Ok(threads @ 1..) = i32::try_from(threads) {
+                tch::set_num_threads(threads);
             }
             Ok(Box::new(Classifier::load(&card_path, device)?) as Box<dyn Backend>)
         });
@@ -417,6 +419,7 @@ impl Engine {
             inference_thread: thread.thread().clone(),
             inference_idle: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
+            urgent: AtomicUsize::new(0),
             inference_alive: AtomicBool::new(true),
             live_workers: AtomicUsize::new(0),
             next_worker: AtomicU64::new(0),
@@ -534,6 +537,8 @@ pub struct Worker {
     now_ns: u64,
     next_flow: u64,
     polls_since_publish: u32,
+    /// Inside `flush`: nothing may be dropped.
+    flushing: bool,
     // Copied from the configuration for the hot path.
     packets_per_context: usize,
     packet_bytes: usize,
@@ -592,6 +597,7 @@ impl Worker {
             now_ns: 0,
             next_flow: 0,
             polls_since_publish: 0,
+            flushing: false,
             packets_per_context,
             packet_bytes: shared.preprocess.packet_bytes,
             stride: stride as u64,
@@ -720,6 +726,12 @@ impl Worker {
     /// Waits until every context sent so far has a result. With `end_flows`, first ends every
     /// flow (short flows get their padded context) so each reports its verdict.
     pub fn flush(&mut self, end_flows: bool) {
+        // While flushing, the caller cannot poll and has asked to wait: records are kept
+        // (at most one per flow in the table plus one per context in flight, so still
+        // bounded) and contexts wait for room whatever the policy.
+        self.flushing = true;
+        self.shared.urgent.fetch_add(1, Ordering::AcqRel);
+        self.shared.inference_thread.unpark();
         if end_flows {
             for slot in self.table.slots_oldest_first() {
                 let removed = self.table.remove(slot);
@@ -727,6 +739,8 @@ impl Worker {
             }
         }
         self.wait_for_jobs();
+        self.shared.urgent.fetch_sub(1, Ordering::AcqRel);
+        self.flushing = false;
         self.publish_stats();
     }
 
@@ -781,8 +795,9 @@ impl Worker {
 
     fn expire_idle(&mut self, limit: usize) {
         let Some(deadline) = self.now_ns.checked_sub(self.idle_timeout_ns) else { return };
+        let future = self.now_ns.saturating_add(self.idle_timeout_ns);
         for _ in 0..limit {
-            let Some(slot) = self.table.oldest_before(deadline) else { break };
+            let Some(slot) = self.table.oldest_before(deadline, future) else { break };
             let removed = self.table.remove(slot);
             self.end_flow(removed, FlowEnd::IdleTimeout);
         }
@@ -840,7 +855,7 @@ impl Worker {
     }
 
     fn push_record(&mut self, record: Record) {
-        if self.records.len() >= self.shared.config.inference.max_pending_records {
+        if !self.flushing && self.records.len() >= self.shared.config.inference.max_pending_records {
             self.records.pop_front();
             self.stats.records_overflowed += 1;
         }
@@ -873,7 +888,9 @@ impl Worker {
                 continue;
             }
             match self.shared.config.inference.on_full {
-                FullRingPolicy::Wait if self.shared.inference_alive.load(Ordering::Acquire) => {
+                policy if (policy == FullRingPolicy::Wait || self.flushing)
+                    && self.shared.inference_alive.load(Ordering::Acquire) =>
+                {
                     self.shared.inference_thread.unpark();
                     thread::sleep(Duration::from_micros(20));
                 }
@@ -1063,6 +1080,9 @@ struct InferenceLoop {
     classes: usize,
 }
 
+/// Longest sleep between looks at the rings while a batch fills.
+const BATCH_POLL: Duration = Duration::from_micros(200);
+
 /// How long the inference thread sleeps when idle before looking again on its own.
 const IDLE_PARK: Duration = Duration::from_millis(50);
 
@@ -1094,11 +1114,16 @@ impl InferenceLoop {
                     first_at = Some(Instant::now());
                 }
                 let Some(first_at) = first_at else { break };
-                if batch.len() >= self.max_batch || first_at.elapsed() >= self.max_wait {
+                let waited = first_at.elapsed();
+                let urgent = self.shared.urgent.load(Ordering::Acquire) > 0;
+                if batch.len() >= self.max_batch || waited >= self.max_wait || urgent {
                     break;
                 }
                 if batch.len() == before {
-                    thread::yield_now();
+                    // Sleep, not spin: a worker's push or flush unparks us.
+                    self.shared.inference_idle.store(true, Ordering::Release);
+                    thread::park_timeout((self.max_wait - waited).min(BATCH_POLL));
+                    self.shared.inference_idle.store(false, Ordering::Release);
                 }
             }
 
@@ -1131,7 +1156,14 @@ impl InferenceLoop {
         }))
         .unwrap_or_else(|_| Err(Error::Inference("the model panicked".into())));
         let ok = match result {
-            Ok(()) if probs.len() == batch.len() * self.classes => true,
+            Ok(()) if probs.len() == batch.len() * self.classes => {
+                // NaN or infinite weights give garbage, not labels.
+                let finite = probs.iter().all(|p| p.is_finite());
+                if !finite {
+                    log::warn!("the model returned non-finite probabilities; batch failed");
+                }
+                finite
+            }
             Ok(()) => {
                 log::warn!("model returned {} probabilities for {} contexts", probs.len(), batch.len());
                 false

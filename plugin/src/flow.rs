@@ -48,6 +48,9 @@ impl From<&FiveTuple> for FlowKey {
 
 const NONE: u32 = u32::MAX;
 
+/// Flows the index has room for before its first growth.
+pub const RESERVED_FLOWS: usize = 65_536;
+
 struct Slot<S> {
     key: FlowKey,
     /// Neighbours in recency order; `NONE` at the ends.
@@ -86,12 +89,13 @@ pub struct FlowTable<S> {
 }
 
 impl<S> FlowTable<S> {
-    /// `capacity` is the most flows ever held; memory for the index is reserved up front so
-    /// the hash map never grows on the packet path.
+    /// `capacity` is the most flows ever held. The index reserves room for up to
+    /// [`RESERVED_FLOWS`] flows up front and grows (amortised) beyond, so a large table costs
+    /// memory only when traffic fills it.
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.clamp(1, NONE as usize - 1);
         Self {
-            index: HashMap::with_capacity_and_hasher(capacity, Default::default()),
+            index: HashMap::with_capacity_and_hasher(capacity.min(RESERVED_FLOWS), Default::default()),
             slots: Vec::new(),
             free: Vec::new(),
             newest: NONE,
@@ -168,10 +172,16 @@ impl<S> FlowTable<S> {
         self.slots.get(slot as usize).map(|s| &s.state)
     }
 
-    /// The flow seen least recently, if it has been idle since before `deadline_ns`.
-    pub fn oldest_before(&self, deadline_ns: u64) -> Option<u32> {
+    /// The flow seen least recently, if it has been idle since before `deadline_ns`, or if
+    /// its last packet claimed a time after `future_ns` (a bogus stamp must not keep the flow
+    /// at the head of the queue, where it would stop every other flow from expiring).
+    pub fn oldest_before(&self, deadline_ns: u64, future_ns: u64) -> Option<u32> {
         let slot = self.oldest;
-        (slot != NONE && self.slots[slot as usize].last_seen_ns < deadline_ns).then_some(slot)
+        if slot == NONE {
+            return None;
+        }
+        let last_seen = self.slots[slot as usize].last_seen_ns;
+        (last_seen < deadline_ns || last_seen > future_ns).then_some(slot)
     }
 
     /// Removes the flow in `slot`. Its state is moved out; the slot keeps a default state
@@ -317,7 +327,7 @@ mod tests {
             table.lookup_or_insert(key(port), port as u64 * 10, || vec![port as u8]);
         }
         let mut expired = Vec::new();
-        while let Some(slot) = table.oldest_before(200) {
+        while let Some(slot) = table.oldest_before(200, u64::MAX) {
             expired.push(table.remove(slot).state[0]);
         }
         assert_eq!(expired, (0..20).collect::<Vec<u8>>());

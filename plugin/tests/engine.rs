@@ -895,24 +895,74 @@ fn idle_flows_time_out_on_packets_and_on_advance_clock() {
 }
 
 #[test]
-fn pending_records_are_bounded_and_the_oldest_dropped() {
+fn a_flow_stamped_far_in_the_future_does_not_stop_other_flows_expiring() {
     let mut config = config();
-    config.inference.max_pending_records = 3;
-    config.flows.short_flows = ShortFlowPolicy::Drop;
+    config.flows.idle_timeout_secs = 1.0;
     let engine = start(config, 2, uniform(Duration::ZERO));
     let mut worker = engine.worker();
 
-    // Five one-packet flows; flushing ends them oldest first, one record each.
+    // A bogus frame a day ahead opens flow 0; ten normal flows follow, a few seconds apart.
+    feed(&mut worker, &Flow::numbered(0).up(1), 86_400 * SECOND, 0);
+    for i in 1..=10u32 {
+        feed(&mut worker, &Flow::numbered(i).up(1), u64::from(i) * 3 * SECOND, u64::from(i));
+    }
+    worker.advance_clock(40 * SECOND);
+    worker.flush(false);
+    let (_, flows) = split(&drain(&mut worker));
+    let timed_out = flows.iter().filter(|f| f.end == FlowEnd::IdleTimeout).count();
+    assert_eq!(timed_out, 11, "the ten normal flows and the bogus one all time out");
+    assert_eq!(worker.flows(), 0);
+}
+
+/// Answers with NaN, as a model with non-finite weights does.
+struct NanBackend;
+
+impl Backend for NanBackend {
+    fn infer(&mut self, _raw: &[u8], batch: usize, probs: &mut Vec<f32>) -> Result<(), Error> {
+        probs.resize(batch * CLASSES, f32::NAN);
+        Ok(())
+    }
+}
+
+#[test]
+fn non_finite_probabilities_fail_the_batch_instead_of_labelling() {
+    let engine = start(config(), 2, factory(NanBackend));
+    let mut worker = engine.worker();
+    feed_flow(&mut worker, &Flow::numbered(1), 4, 0);
+    let (contexts, flows) = finish(&mut worker);
+    assert!(contexts.is_empty());
+    assert_eq!(flows.len(), 1);
+    assert_eq!(flows[0].prediction, None);
+    let stats = worker.stats();
+    assert_eq!(stats.contexts_failed, stats.contexts);
+    assert!(stats.contexts > 0);
+}
+
+#[test]
+fn pending_records_are_bounded_and_the_oldest_dropped_but_flush_keeps_all() {
+    let mut config = config();
+    config.inference.max_pending_records = 3;
+    config.flows.short_flows = ShortFlowPolicy::Drop;
+    // One flow at a time: each new flow evicts the previous one, which reports at once.
+    config.flows.max_flows = 1;
+    let engine = start(config, 2, uniform(Duration::ZERO));
+    let mut worker = engine.worker();
+
+    // Five one-packet flows, never polled: four evictions, the oldest record dropped.
     for i in 0..5u32 {
         let flow = Flow::numbered(i);
         feed(&mut worker, &flow.up(1), u64::from(i) * MS, u64::from(i));
     }
-    worker.flush(true);
     assert_eq!(worker.pending_records(), 3);
+    assert_eq!(worker.stats().records_overflowed, 1);
+
+    // Flushing cannot be interrupted by a poll, so it drops nothing.
+    worker.flush(true);
+    assert_eq!(worker.pending_records(), 4);
     let (_, flows) = split(&drain(&mut worker));
     let tags: Vec<u64> = flows.iter().map(|f| f.user_tag).collect();
-    assert_eq!(tags, [2, 3, 4]);
-    assert_eq!(worker.stats().records_overflowed, 2);
+    assert_eq!(tags, [1, 2, 3, 4]);
+    assert_eq!(worker.stats().records_overflowed, 1);
 }
 
 // ---------------------------------------------------------------------------------------------
