@@ -57,10 +57,13 @@ impl log::Log for CallbackLogger {
             log::Level::Trace => ComboLogLevel::Trace,
         };
         let target = CString::new(record.target().replace('\0', " ")).unwrap_or_default();
-        let message = CString::new(record.args().to_string().replace('\0', " ")).unwrap_or_default();
+        let message =
+            CString::new(record.args().to_string().replace('\0', " ")).unwrap_or_default();
         // SAFETY: the host registered this callback for exactly these arguments; the strings
         // live until the call returns, as documented.
-        unsafe { (sink.callback)(sink.user_data as *mut c_void, level, target.as_ptr(), message.as_ptr()) };
+        unsafe {
+            (sink.callback)(sink.user_data as *mut c_void, level, target.as_ptr(), message.as_ptr())
+        };
     }
 
     fn flush(&self) {}

@@ -106,7 +106,10 @@ fn null_arguments_are_refused_with_a_message() {
             combo_worker_process(null_mut(), 1, 0, data.as_ptr(), 4, 4, 0, null_mut()),
             ComboStatus::NullArgument
         );
-        assert_eq!(combo_worker_poll(null_mut(), null_mut(), 0, &mut count), ComboStatus::NullArgument);
+        assert_eq!(
+            combo_worker_poll(null_mut(), null_mut(), 0, &mut count),
+            ComboStatus::NullArgument
+        );
         assert_eq!(combo_worker_flush(null_mut(), 0), ComboStatus::NullArgument);
         assert_eq!(combo_worker_advance_clock(null_mut(), 0), ComboStatus::NullArgument);
         assert_eq!(combo_worker_stats(null(), &mut stats), ComboStatus::NullArgument);
@@ -184,7 +187,10 @@ fn a_flow_goes_in_and_labels_come_out() {
         assert_eq!(combo_worker_flush(worker, 0x80), ComboStatus::InvalidArgument);
         // An empty frame is a counted skip, not an error.
         let mut outcome = ComboOutcome::Accepted;
-        assert_eq!(combo_worker_process(worker, 1, 0, null(), 0, 0, 0, &mut outcome), ComboStatus::Ok);
+        assert_eq!(
+            combo_worker_process(worker, 1, 0, null(), 0, 0, 0, &mut outcome),
+            ComboStatus::Ok
+        );
         assert_eq!(outcome, ComboOutcome::SkippedTruncated);
 
         // Seven data packets: two contexts of three (N = 3), then the flow's verdict.
@@ -205,7 +211,10 @@ fn a_flow_goes_in_and_labels_come_out() {
         assert_eq!(combo_worker_flush(worker, COMBO_FLUSH_END_FLOWS), ComboStatus::Ok);
         let mut records: Vec<ComboRecord> = Vec::with_capacity(16);
         let mut count = 0;
-        assert_eq!(combo_worker_poll(worker, records.as_mut_ptr(), 16, &mut count), ComboStatus::Ok);
+        assert_eq!(
+            combo_worker_poll(worker, records.as_mut_ptr(), 16, &mut count),
+            ComboStatus::Ok
+        );
         records.set_len(count);
 
         let contexts: Vec<_> =
@@ -223,7 +232,10 @@ fn a_flow_goes_in_and_labels_come_out() {
         assert!(flow.top_count >= 1 && flow.top_ids[0] == flow.label_id as u32);
         assert_eq!(flow.tuple.ip_version, 4);
         assert_eq!(&flow.tuple.src_addr[..4], &[10, 0, 0, 1]);
-        assert_eq!((flow.tuple.src_port, flow.tuple.dst_port, flow.tuple.protocol), (40000, 443, 6));
+        assert_eq!(
+            (flow.tuple.src_port, flow.tuple.dst_port, flow.tuple.protocol),
+            (40000, 443, 6)
+        );
 
         let mut stats = ComboStats::default();
         assert_eq!(combo_worker_stats(worker, &mut stats), ComboStatus::Ok);

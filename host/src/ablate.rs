@@ -6,8 +6,6 @@
 //! whose results already exist in the output folder are not repeated, so an interrupted
 //! ablation continues where it stopped.
 
-
-
 use anyhow::{Context, Result};
 use clap::Args;
 use combo_plugin::model::{Attention, Classifier, select_device};
@@ -39,6 +37,10 @@ pub struct AblateArgs {
     /// Leave out the capture-split and shortcut-mask runs.
     #[arg(long)]
     no_extras: bool,
+    /// Train nothing: write the table from the runs finished so far (the others are listed
+    /// as not run).
+    #[arg(long)]
+    report_only: bool,
 }
 
 /// One line of the table.
@@ -71,7 +73,11 @@ struct Run {
 
 impl Run {
     fn slug(&self) -> String {
-        let masks = if self.masks.is_empty() { String::new() } else { format!("-mask-{}", self.masks.join("-")) };
+        let masks = if self.masks.is_empty() {
+            String::new()
+        } else {
+            format!("-mask-{}", self.masks.join("-"))
+        };
         format!("n{}-{}-{:?}{masks}", self.packets, self.attention, self.split).to_lowercase()
     }
 }
@@ -85,7 +91,13 @@ pub fn run(args: AblateArgs) -> Result<()> {
     let mut runs = Vec::new();
     for &packets in &args.packet_counts {
         for &attention in &args.attentions {
-            runs.push(Run { experiment: "grid".into(), packets, attention, split: SplitMode::Flow, masks: vec![] });
+            runs.push(Run {
+                experiment: "grid".into(),
+                packets,
+                attention,
+                split: SplitMode::Flow,
+                masks: vec![],
+            });
         }
     }
     if !args.no_extras {
@@ -100,10 +112,15 @@ pub fn run(args: AblateArgs) -> Result<()> {
         for mask in ["ip_id", "ttl", "checksums", "ports"] {
             runs.push(default("shortcut mask", SplitMode::Flow, vec![mask]));
         }
-        runs.push(default("shortcut mask", SplitMode::Flow, vec!["ip_id", "ttl", "checksums", "ports"]));
+        runs.push(default(
+            "shortcut mask",
+            SplitMode::Flow,
+            vec!["ip_id", "ttl", "checksums", "ports"],
+        ));
     }
 
     let mut rows = Vec::new();
+    let mut missing = Vec::new();
     for (index, run) in runs.iter().enumerate() {
         let slug = run.slug();
         let result_path = out.join(format!("{slug}.result.json"));
@@ -114,15 +131,26 @@ pub fn run(args: AblateArgs) -> Result<()> {
                 continue;
             }
         }
+        if args.report_only {
+            missing.push(slug);
+            continue;
+        }
         log::info!("[{}/{}] {slug}", index + 1, runs.len());
 
         // Data for this N, split and masks (cheap to rebuild; cached by name).
-        let dataset_path = out.join(format!(
-            "data-n{}-{:?}{}.safetensors",
-            run.packets,
-            run.split,
-            if run.masks.is_empty() { String::new() } else { format!("-mask-{}", run.masks.join("-")) }
-        ).to_lowercase());
+        let dataset_path = out.join(
+            format!(
+                "data-n{}-{:?}{}.safetensors",
+                run.packets,
+                run.split,
+                if run.masks.is_empty() {
+                    String::new()
+                } else {
+                    format!("-mask-{}", run.masks.join("-"))
+                }
+            )
+            .to_lowercase(),
+        );
         if !dataset_path.exists() {
             let mut options = args.data.options();
             options.packets_per_context = run.packets;
@@ -182,7 +210,10 @@ pub fn run(args: AblateArgs) -> Result<()> {
         rows.push(row);
     }
 
-    let table = markdown(&rows, &args);
+    let mut table = markdown(&rows, &args);
+    if !missing.is_empty() {
+        table += &format!("\nNot run (budget): {}\n", missing.join(", "));
+    }
     std::fs::write(out.join("ablation.md"), &table)?;
     std::fs::write(out.join("ablation.json"), serde_json::to_string_pretty(&rows)?)?;
     println!("{table}");
@@ -204,7 +235,8 @@ fn markdown(rows: &[Row], args: &AblateArgs) -> String {
     text += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
     for r in rows {
         text += &format!(
-            "| {} | {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} M | {} | {:.0} |\n",
+            "| {} | {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} M \
+             | {} | {:.0} |\n",
             r.experiment,
             r.packets,
             r.attention,

@@ -171,7 +171,13 @@ fn bench_packets(args: PacketArgs) -> Result<serde_json::Value> {
     while started.elapsed() < budget || packets == 0 {
         let pass = Instant::now();
         for (i, frame) in frames.iter().enumerate() {
-            worker.process(frame.link_type, frame.ts_nanos, &frame.data, frame.orig_len, i as u64)?;
+            worker.process(
+                frame.link_type,
+                frame.ts_nanos,
+                &frame.data,
+                frame.orig_len,
+                i as u64,
+            )?;
         }
         process_time += pass.elapsed();
         packets += frames.len() as u64;
@@ -265,8 +271,10 @@ fn bench_model(args: ModelArgs) -> Result<serde_json::Value> {
         classes,
         device
     );
-    println!("{:>2} {:>6} {:>12} {:>10} {:>10} {:>14} {:>8}", "N", "batch", "contexts/s", "ms/batch",
-        "GFLOP/s", "libtorch GF/s", "ratio");
+    println!(
+        "{:>2} {:>6} {:>12} {:>10} {:>10} {:>14} {:>8}",
+        "N", "batch", "contexts/s", "ms/batch", "GFLOP/s", "libtorch GF/s", "ratio"
+    );
     let mut rows = Vec::new();
     for &packets in &args.packets {
         let card = ModelCard {
@@ -285,7 +293,8 @@ fn bench_model(args: ModelArgs) -> Result<serde_json::Value> {
         let classifier = Classifier::new_random(card, device, 1)?;
         let flops = flops_per_context(packets, packet_bytes, args.attention, classes)?;
         for &batch in &args.batches {
-            let raw: Vec<u8> = (0..batch * packets * packet_bytes).map(|i| (i * 31 % 251) as u8).collect();
+            let raw: Vec<u8> =
+                (0..batch * packets * packet_bytes).map(|i| (i * 31 % 251) as u8).collect();
             let mut probs = Vec::new();
             let seconds = time_per_call(args.seconds, || {
                 classifier.predict(&raw, batch, &mut probs).map_err(Into::into)

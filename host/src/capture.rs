@@ -103,13 +103,7 @@ pub struct CaptureError {
 
 impl fmt::Display for CaptureError {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            formatter,
-            "{}: at byte {}: {}",
-            self.path.display(),
-            self.offset,
-            self.message
-        )
+        write!(formatter, "{}: at byte {}: {}", self.path.display(), self.offset, self.message)
     }
 }
 
@@ -172,11 +166,8 @@ impl CaptureReader {
     /// When the file cannot be opened or read, is empty, starts with anything else (the
     /// message then shows its first bytes), or has a damaged header.
     pub fn open(path: &Path) -> Result<Self, CaptureError> {
-        let open_error = |message: String| CaptureError {
-            path: path.to_path_buf(),
-            offset: 0,
-            message,
-        };
+        let open_error =
+            |message: String| CaptureError { path: path.to_path_buf(), offset: 0, message };
         let file = File::open(path).map_err(|error| open_error(format!("cannot open: {error}")))?;
         let total_bytes = file
             .metadata()
@@ -193,13 +184,7 @@ impl CaptureReader {
     ) -> Result<Self, CaptureError> {
         let mut input = InputBuffer::new(source);
         let format = Format::detect(&mut input).map_err(|problem| problem.in_file(path))?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            input,
-            format,
-            total_bytes,
-            failure: None,
-        })
+        Ok(Self { path: path.to_path_buf(), input, format, total_bytes, failure: None })
     }
 
     /// Returns the next frame, or `None` at a clean end of file.
@@ -272,10 +257,7 @@ struct Problem {
 
 impl Problem {
     fn new(offset: u64, message: impl Into<String>) -> Self {
-        Self {
-            offset,
-            message: message.into(),
-        }
+        Self { offset, message: message.into() }
     }
 
     fn read_failed(offset: u64, error: &io::Error) -> Self {
@@ -283,11 +265,7 @@ impl Problem {
     }
 
     fn in_file(self, path: &Path) -> CaptureError {
-        CaptureError {
-            path: path.to_path_buf(),
-            offset: self.offset,
-            message: self.message,
-        }
+        CaptureError { path: path.to_path_buf(), offset: self.offset, message: self.message }
     }
 }
 
@@ -334,16 +312,12 @@ enum Format {
 impl Format {
     /// Recognizes the file by its first bytes and consumes its header.
     fn detect(input: &mut InputBuffer) -> Result<Self, Problem> {
-        let available = input
-            .fill(PCAP_FILE_HEADER_LEN)
-            .map_err(|error| Problem::read_failed(0, &error))?;
+        let available =
+            input.fill(PCAP_FILE_HEADER_LEN).map_err(|error| Problem::read_failed(0, &error))?;
         if available == 0 {
             return Err(Problem::new(0, "empty file: not a pcap or pcapng capture"));
         }
-        let magic = input
-            .unread()
-            .get(..4)
-            .and_then(|head| <[u8; 4]>::try_from(head).ok());
+        let magic = input.unread().get(..4).and_then(|head| <[u8; 4]>::try_from(head).ok());
         let Some(magic) = magic else {
             let message = format!("file of {available} bytes is too short for a capture header");
             return Err(Problem::new(0, message));
@@ -355,10 +329,9 @@ impl Format {
                 // fails at open, like a damaged pcap header does.
                 match pcapng.next_block(input)? {
                     BlockOutcome::Skipped => Ok(Self::PcapNg(pcapng)),
-                    BlockOutcome::End | BlockOutcome::Packet(..) => Err(Problem::new(
-                        0,
-                        "pcapng file does not start with a section header",
-                    )),
+                    BlockOutcome::End | BlockOutcome::Packet(..) => {
+                        Err(Problem::new(0, "pcapng file does not start with a section header"))
+                    }
                 }
             }
             PCAP_MICROS_LE | PCAP_MICROS_BE | PCAP_NANOS_LE | PCAP_NANOS_BE | PCAP_MODIFIED_LE => {
@@ -420,11 +393,7 @@ impl PcapState {
         let link_type = u32::from_ne_bytes(header.network.0.to_ne_bytes()) & 0xffff;
         let state = Self {
             big_endian: header.is_bigendian(),
-            nanos_per_fraction: if header.is_nanosecond_precision() {
-                1
-            } else {
-                1_000
-            },
+            nanos_per_fraction: if header.is_nanosecond_precision() { 1 } else { 1_000 },
             record_header_len: if header.is_modified_format() {
                 PCAP_MODIFIED_RECORD_HEADER_LEN
             } else {
@@ -472,9 +441,8 @@ impl PcapState {
             );
             return Err(Problem::new(record_offset, message));
         }
-        let available = input
-            .fill(record_len)
-            .map_err(|error| Problem::read_failed(record_offset, &error))?;
+        let available =
+            input.fill(record_len).map_err(|error| Problem::read_failed(record_offset, &error))?;
         let Some(record) = input.unread().get(..record_len) else {
             let message = format!(
                 "truncated record: {captured_len} captured bytes claimed, {} left in the file",
@@ -592,10 +560,9 @@ impl PcapNgState {
         } else {
             self.big_endian
         };
-        let (Some(block_type), Some(claimed_len)) = (
-            read_u32(header, 0, big_endian),
-            read_u32(header, 4, big_endian),
-        ) else {
+        let (Some(block_type), Some(claimed_len)) =
+            (read_u32(header, 0, big_endian), read_u32(header, 4, big_endian))
+        else {
             return Err(truncated_header());
         };
 
@@ -615,9 +582,8 @@ impl PcapNgState {
             );
             return Err(Problem::new(block_offset, message));
         }
-        let available = input
-            .fill(block_len)
-            .map_err(|error| Problem::read_failed(block_offset, &error))?;
+        let available =
+            input.fill(block_len).map_err(|error| Problem::read_failed(block_offset, &error))?;
         let Some(block) = input.unread().get(..block_len) else {
             let message = format!(
                 "truncated block of type {block_type:#x}: {claimed_len} bytes claimed, \
@@ -641,8 +607,7 @@ impl PcapNgState {
                 None
             }
             IDB_MAGIC => {
-                self.add_interface(block)
-                    .map_err(|message| Problem::new(block_offset, message))?;
+                self.add_interface(block).map_err(|message| Problem::new(block_offset, message))?;
                 None
             }
             EPB_MAGIC => Some(
@@ -650,8 +615,7 @@ impl PcapNgState {
                     .map_err(|message| Problem::new(block_offset, message))?,
             ),
             SPB_MAGIC => Some(
-                self.simple_packet(block)
-                    .map_err(|message| Problem::new(block_offset, message))?,
+                self.simple_packet(block).map_err(|message| Problem::new(block_offset, message))?,
             ),
             PCAPNG_OBSOLETE_PACKET_BLOCK => {
                 // TODO: decode it if a real capture ever needs it; none of ours does.
@@ -685,11 +649,7 @@ impl PcapNgState {
 
     /// An Interface Description Block: link type, snap length and clock of one interface.
     fn add_interface(&mut self, block: &[u8]) -> Result<(), String> {
-        check_min_len(
-            block,
-            PCAPNG_INTERFACE_MIN_LEN,
-            "interface description block",
-        )?;
+        check_min_len(block, PCAPNG_INTERFACE_MIN_LEN, "interface description block")?;
         if self.interfaces.len() >= MAX_INTERFACES_PER_SECTION {
             return Err(format!(
                 "more than {MAX_INTERFACES_PER_SECTION} interfaces in one section"
@@ -727,9 +687,7 @@ impl PcapNgState {
             }
         }
         let Some(ticks_per_second) = ticks_per_second(tsresol) else {
-            return Err(format!(
-                "unsupported timestamp resolution if_tsresol={tsresol:#04x}"
-            ));
+            return Err(format!("unsupported timestamp resolution if_tsresol={tsresol:#04x}"));
         };
         // The block holds the link type in 16 bits, which pcap-parser widens to i32.
         let link_type = u32::try_from(description.linktype.0)
@@ -745,11 +703,7 @@ impl PcapNgState {
 
     /// An Enhanced Packet Block: a packet with its interface and timestamp.
     fn enhanced_packet(&mut self, block: &[u8]) -> Result<PacketInBlock, String> {
-        check_min_len(
-            block,
-            PCAPNG_ENHANCED_PACKET_MIN_LEN,
-            "enhanced packet block",
-        )?;
+        check_min_len(block, PCAPNG_ENHANCED_PACKET_MIN_LEN, "enhanced packet block")?;
         // Checked here, not left to the parser, for a message that says what is wrong.
         let room = block.len().saturating_sub(PCAPNG_ENHANCED_PACKET_MIN_LEN);
         let captured_len = read_u32(block, 20, self.big_endian).unwrap_or(u32::MAX);
@@ -826,30 +780,19 @@ impl PcapNgState {
 /// Ticks per second for an `if_tsresol` value: 10^n, or 2^n when the top bit is set.
 fn ticks_per_second(tsresol: u8) -> Option<u64> {
     let exponent = u32::from(tsresol & 0x7f);
-    if tsresol & 0x80 == 0 {
-        10u64.checked_pow(exponent)
-    } else {
-        2u64.checked_pow(exponent)
-    }
+    if tsresol & 0x80 == 0 { 10u64.checked_pow(exponent) } else { 2u64.checked_pow(exponent) }
 }
 
 fn check_min_len(block: &[u8], min_len: usize, what: &str) -> Result<(), String> {
     if block.len() < min_len {
-        return Err(format!(
-            "{what} of {} bytes, shorter than the minimum {min_len}",
-            block.len()
-        ));
+        return Err(format!("{what} of {} bytes, shorter than the minimum {min_len}", block.len()));
     }
     Ok(())
 }
 
 fn read_u32(bytes: &[u8], at: usize, big_endian: bool) -> Option<u32> {
     let field: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
-    Some(if big_endian {
-        u32::from_be_bytes(field)
-    } else {
-        u32::from_le_bytes(field)
-    })
+    Some(if big_endian { u32::from_be_bytes(field) } else { u32::from_le_bytes(field) })
 }
 
 /// u32 to usize; saturates on 16-bit targets, where the size limits then reject the value.
@@ -1042,19 +985,11 @@ mod tests {
     }
 
     fn put_u16(out: &mut Vec<u8>, value: u16, big_endian: bool) {
-        out.extend(if big_endian {
-            value.to_be_bytes()
-        } else {
-            value.to_le_bytes()
-        });
+        out.extend(if big_endian { value.to_be_bytes() } else { value.to_le_bytes() });
     }
 
     fn put_u32(out: &mut Vec<u8>, value: u32, big_endian: bool) {
-        out.extend(if big_endian {
-            value.to_be_bytes()
-        } else {
-            value.to_le_bytes()
-        });
+        out.extend(if big_endian { value.to_be_bytes() } else { value.to_le_bytes() });
     }
 
     // ---- classic pcap ----
@@ -1091,12 +1026,7 @@ mod tests {
 
     fn two_records() -> [PcapRecord<'static>; 2] {
         [
-            PcapRecord {
-                seconds: 1_700_000_000,
-                fraction: 123_456,
-                data: b"first",
-                orig_len: 5,
-            },
+            PcapRecord { seconds: 1_700_000_000, fraction: 123_456, data: b"first", orig_len: 5 },
             PcapRecord {
                 seconds: 1_700_000_001,
                 fraction: 999_999,
@@ -1127,10 +1057,7 @@ mod tests {
         for big_endian in [false, true] {
             let bytes = pcap_file(NANOS, big_endian, 0, &two_records());
             let frames = frames_ok(&bytes);
-            assert_eq!(
-                frames[0].ts_nanos, 1_700_000_000_000_123_456,
-                "big_endian={big_endian}"
-            );
+            assert_eq!(frames[0].ts_nanos, 1_700_000_000_000_123_456, "big_endian={big_endian}");
             assert_eq!(frames[1].ts_nanos, 1_700_000_001_000_999_999);
         }
     }
@@ -1212,18 +1139,10 @@ mod tests {
     #[test]
     fn pcap_short_or_old_headers() {
         let bytes = pcap_file(MICROS, false, 0, &[]);
-        assert!(
-            error_of(&bytes[..10])
-                .message
-                .contains("truncated pcap file header")
-        );
+        assert!(error_of(&bytes[..10]).message.contains("truncated pcap file header"));
         let mut old = bytes.clone();
         old[4] = 1; // version 1.4
-        assert!(
-            error_of(&old)
-                .message
-                .contains("unsupported pcap version 1.4")
-        );
+        assert!(error_of(&old).message.contains("unsupported pcap version 1.4"));
     }
 
     // ---- pcapng ----
@@ -1236,10 +1155,7 @@ mod tests {
 
     impl PcapNgWriter {
         fn new(big_endian: bool) -> Self {
-            let mut writer = Self {
-                big_endian,
-                bytes: Vec::new(),
-            };
+            let mut writer = Self { big_endian, bytes: Vec::new() };
             writer.section();
             writer
         }
@@ -1316,11 +1232,7 @@ mod tests {
         }
 
         fn i64_bytes(&self, value: i64) -> [u8; 8] {
-            if self.big_endian {
-                value.to_be_bytes()
-            } else {
-                value.to_le_bytes()
-            }
+            if self.big_endian { value.to_be_bytes() } else { value.to_le_bytes() }
         }
     }
 
@@ -1394,10 +1306,7 @@ mod tests {
                 )
                 .enhanced(0, 2_048 + 512, b"x", 1);
             let frames = frames_ok(&writer.bytes);
-            assert_eq!(
-                frames[0].ts_nanos, 1_002_500_000_000,
-                "big_endian={big_endian}"
-            );
+            assert_eq!(frames[0].ts_nanos, 1_002_500_000_000, "big_endian={big_endian}");
         }
     }
 
@@ -1405,9 +1314,7 @@ mod tests {
     fn pcapng_negative_time_is_an_error() {
         let mut writer = PcapNgWriter::new(false);
         let offset = writer.i64_bytes(-10);
-        writer
-            .interface(LINKTYPE_ETHERNET, 0, &[(IF_TSOFFSET, &offset)])
-            .enhanced(0, 0, b"x", 1);
+        writer.interface(LINKTYPE_ETHERNET, 0, &[(IF_TSOFFSET, &offset)]).enhanced(0, 0, b"x", 1);
         assert!(error_of(&writer.bytes).message.contains("timestamp"));
     }
 
@@ -1429,9 +1336,7 @@ mod tests {
             .interface(LINKTYPE_ETHERNET, 0, &[])
             .enhanced(1, 5, b"a", 1);
         let mut second = PcapNgWriter::new(true);
-        second
-            .interface(LINKTYPE_ETHERNET, 0, &[(IF_TSRESOL, &[3])])
-            .enhanced(0, 7, b"b", 1);
+        second.interface(LINKTYPE_ETHERNET, 0, &[(IF_TSRESOL, &[3])]).enhanced(0, 7, b"b", 1);
 
         let mut bytes = first.bytes.clone();
         bytes.extend_from_slice(&second.bytes);
@@ -1458,9 +1363,7 @@ mod tests {
     #[test]
     fn pcapng_unknown_interface_is_an_error() {
         let mut writer = PcapNgWriter::new(false);
-        writer
-            .interface(LINKTYPE_ETHERNET, 0, &[])
-            .enhanced(3, 0, b"x", 1);
+        writer.interface(LINKTYPE_ETHERNET, 0, &[]).enhanced(3, 0, b"x", 1);
         let error = error_of(&writer.bytes);
         assert!(error.message.contains("interface 3"), "{error}");
         assert_eq!(error.offset, 28 + 20);
@@ -1476,22 +1379,15 @@ mod tests {
     #[test]
     fn pcapng_caplen_over_snaplen_or_block_is_an_error() {
         let mut writer = PcapNgWriter::new(false);
-        writer
-            .interface(LINKTYPE_ETHERNET, 4, &[])
-            .enhanced(0, 0, b"12345", 5);
+        writer.interface(LINKTYPE_ETHERNET, 4, &[]).enhanced(0, 0, b"12345", 5);
         assert!(error_of(&writer.bytes).message.contains("snap length 4"));
 
         let mut writer = PcapNgWriter::new(true);
-        writer
-            .interface(LINKTYPE_ETHERNET, 0, &[])
-            .enhanced(0, 0, b"1234", 4);
+        writer.interface(LINKTYPE_ETHERNET, 0, &[]).enhanced(0, 0, b"1234", 4);
         let epb = 28 + 20;
         writer.bytes[epb + 20..epb + 24].copy_from_slice(&9u32.to_be_bytes()); // caplen 9 > 4
         let error = error_of(&writer.bytes);
-        assert!(
-            error.message.contains("exceeds the 4 data bytes"),
-            "{error}"
-        );
+        assert!(error.message.contains("exceeds the 4 data bytes"), "{error}");
         assert_eq!(error.offset, epb as u64);
     }
 
@@ -1517,9 +1413,7 @@ mod tests {
     #[test]
     fn memory_follows_the_file_not_the_claim() {
         let mut writer = PcapNgWriter::new(false);
-        writer
-            .interface(LINKTYPE_ETHERNET, 0, &[])
-            .enhanced(0, 0, b"x", 1);
+        writer.interface(LINKTYPE_ETHERNET, 0, &[]).enhanced(0, 0, b"x", 1);
         let epb = 28 + 20;
         let claim = (MAX_BLOCK_SIZE - 4) as u32;
         writer.bytes[epb + 4..epb + 8].copy_from_slice(&claim.to_le_bytes());
@@ -1554,28 +1448,16 @@ mod tests {
     fn pcapng_damaged_first_section_fails_at_open() {
         let mut bytes = PcapNgWriter::new(false).bytes;
         bytes[8] = 0x99; // byte-order magic
-        assert!(
-            open_bytes(&bytes)
-                .unwrap_err()
-                .message
-                .contains("byte-order magic")
-        );
+        assert!(open_bytes(&bytes).unwrap_err().message.contains("byte-order magic"));
         let mut bytes = PcapNgWriter::new(false).bytes;
         bytes[12] = 2; // major version 2
-        assert!(
-            open_bytes(&bytes)
-                .unwrap_err()
-                .message
-                .contains("version 2.0")
-        );
+        assert!(open_bytes(&bytes).unwrap_err().message.contains("version 2.0"));
     }
 
     #[test]
     fn pcapng_obsolete_packet_block_is_refused() {
         let mut writer = PcapNgWriter::new(false);
-        writer
-            .interface(LINKTYPE_ETHERNET, 0, &[])
-            .block(PCAPNG_OBSOLETE_PACKET_BLOCK, &[0; 20]);
+        writer.interface(LINKTYPE_ETHERNET, 0, &[]).block(PCAPNG_OBSOLETE_PACKET_BLOCK, &[0; 20]);
         assert!(error_of(&writer.bytes).message.contains("obsolete"));
     }
 
@@ -1587,15 +1469,8 @@ mod tests {
         assert!(error_of(b"\xd4\xc3").message.contains("too short"));
         let error = error_of(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n");
         assert_eq!(error.offset, 0);
-        assert!(
-            error.message.contains("unknown magic 47 45 54 20"),
-            "{error}"
-        );
-        assert!(
-            error_of(b"\x1f\x8b\x08\0\0\0\0\0\0\0")
-                .message
-                .contains("gzip")
-        );
+        assert!(error.message.contains("unknown magic 47 45 54 20"), "{error}");
+        assert!(error_of(b"\x1f\x8b\x08\0\0\0\0\0\0\0").message.contains("gzip"));
     }
 
     #[test]
@@ -1636,15 +1511,8 @@ mod tests {
 
     #[test]
     fn short_reads_give_the_same_frames() {
-        for bytes in [
-            two_interfaces(true),
-            pcap_file(NANOS, true, 0, &two_records()),
-        ] {
-            let source = Trickle {
-                bytes: bytes.clone(),
-                at: 0,
-                calls: 0,
-            };
+        for bytes in [two_interfaces(true), pcap_file(NANOS, true, 0, &two_records())] {
+            let source = Trickle { bytes: bytes.clone(), at: 0, calls: 0 };
             let reader =
                 CaptureReader::from_source(Path::new("t"), Box::new(source), 0).expect("opens");
             let (frames, error) = read_all(reader);
@@ -1753,10 +1621,7 @@ mod tests {
         assert_eq!(error.path, empty.0);
         assert_eq!(
             error.to_string(),
-            format!(
-                "{}: at byte 0: empty file: not a pcap or pcapng capture",
-                empty.0.display()
-            )
+            format!("{}: at byte 0: empty file: not a pcap or pcapng capture", empty.0.display())
         );
 
         let missing = std::env::temp_dir().join("combo-capture-test-does-not-exist.pcap");

@@ -132,7 +132,8 @@ impl Dataset {
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        let as_bytes = |values: &[u32]| -> Vec<u8> { values.iter().flat_map(|v| v.to_le_bytes()).collect() };
+        let as_bytes =
+            |values: &[u32]| -> Vec<u8> { values.iter().flat_map(|v| v.to_le_bytes()).collect() };
         let offsets: Vec<u8> = self.packet_offsets.iter().flat_map(|v| v.to_le_bytes()).collect();
         let contexts = as_bytes(&self.contexts);
         let labels = as_bytes(&self.context_label);
@@ -142,8 +143,14 @@ impl Dataset {
         let (flow_capture, flow_label) = (as_bytes(&flow_capture), as_bytes(&flow_label));
         let n = self.info.packets_per_context;
         let views = [
-            ("packet_bytes", TensorView::new(Dtype::U8, vec![self.packet_bytes.len()], &self.packet_bytes)?),
-            ("packet_offsets", TensorView::new(Dtype::U64, vec![self.packet_offsets.len()], &offsets)?),
+            (
+                "packet_bytes",
+                TensorView::new(Dtype::U8, vec![self.packet_bytes.len()], &self.packet_bytes)?,
+            ),
+            (
+                "packet_offsets",
+                TensorView::new(Dtype::U64, vec![self.packet_offsets.len()], &offsets)?,
+            ),
             ("contexts", TensorView::new(Dtype::U32, vec![self.len(), n], &contexts)?),
             ("context_label", TensorView::new(Dtype::U32, vec![self.len()], &labels)?),
             ("context_flow", TensorView::new(Dtype::U32, vec![self.len()], &flows)?),
@@ -161,7 +168,8 @@ impl Dataset {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         let file = SafeTensors::deserialize(&bytes)
             .with_context(|| format!("{}: not a dataset file", path.display()))?;
         let (_, metadata) = SafeTensors::read_metadata(&bytes)?;
@@ -175,7 +183,10 @@ impl Dataset {
             Ok(file.tensor(name).with_context(|| format!("dataset lacks {name}"))?.data().to_vec())
         };
         let u32s = |name: &str| -> Result<Vec<u32>> {
-            Ok(raw(name)?.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+            Ok(raw(name)?
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect())
         };
         let packet_offsets: Vec<u64> = raw("packet_offsets")?
             .chunks_exact(8)
@@ -219,7 +230,10 @@ impl Dataset {
             bail!("array lengths disagree");
         }
         if self.packet_offsets.windows(2).any(|w| w[0] > w[1])
-            || self.packet_offsets.last().is_some_and(|&end| end as usize != self.packet_bytes.len())
+            || self
+                .packet_offsets
+                .last()
+                .is_some_and(|&end| end as usize != self.packet_bytes.len())
         {
             bail!("packet offsets out of order");
         }
@@ -306,7 +320,8 @@ fn resolve_labels(source: &LabelSource) -> Result<(Labeling, String)> {
                 .collect();
             labels.sort();
             for dir in labels {
-                let label = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let label =
+                    dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 for file in capture_files(&dir)? {
                     list.push((file, label.clone()));
                 }
@@ -317,7 +332,8 @@ fn resolve_labels(source: &LabelSource) -> Result<(Labeling, String)> {
             let prefixes = read_prefix_map(map, column)?;
             let mut list = Vec::new();
             for input in inputs {
-                let files = if input.is_dir() { capture_files(input)? } else { vec![input.clone()] };
+                let files =
+                    if input.is_dir() { capture_files(input)? } else { vec![input.clone()] };
                 for file in files {
                     let stem = file
                         .file_name()
@@ -335,12 +351,17 @@ fn resolve_labels(source: &LabelSource) -> Result<(Labeling, String)> {
                     }
                 }
             }
-            Ok((Labeling::PerCapture(list), format!("prefix map {} column {column}", map.display())))
+            Ok((
+                Labeling::PerCapture(list),
+                format!("prefix map {} column {column}", map.display()),
+            ))
         }
         LabelSource::FlowTable { table, column, filters, captures } => {
             let (flows, files) = read_flow_table(table, column, filters)?;
-            let captures: Vec<PathBuf> = files.iter().map(|f| captures.join(f)).filter(|p| p.exists()).collect();
-            let filter_text: Vec<String> = filters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let captures: Vec<PathBuf> =
+                files.iter().map(|f| captures.join(f)).filter(|p| p.exists()).collect();
+            let filter_text: Vec<String> =
+                filters.iter().map(|(k, v)| format!("{k}={v}")).collect();
             Ok((
                 Labeling::PerFlow { captures, flows },
                 format!("flow table {} column {column} {}", table.display(), filter_text.join(" ")),
@@ -361,13 +382,13 @@ fn capture_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// `prefix<TAB>label...` rows with a header naming the columns; `#` starts a comment.
 fn read_prefix_map(path: &Path, column: &str) -> Result<Vec<(String, String)>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut rows = text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#'));
     let header: Vec<&str> = rows.next().context("empty prefix map")?.split('\t').collect();
-    let index = header
-        .iter()
-        .position(|h| *h == column)
-        .with_context(|| format!("{}: no column {column:?} (columns: {header:?})", path.display()))?;
+    let index = header.iter().position(|h| *h == column).with_context(|| {
+        format!("{}: no column {column:?} (columns: {header:?})", path.display())
+    })?;
     Ok(rows
         .filter_map(|row| {
             let fields: Vec<&str> = row.split('\t').collect();
@@ -384,14 +405,24 @@ fn read_flow_table(
     column: &str,
     filters: &[(String, String)],
 ) -> Result<(FlowLabels, Vec<String>)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().context("empty flow table")?.split(',').collect();
     let find = |name: &str| {
-        header.iter().position(|h| *h == name).with_context(|| format!("{}: no column {name:?}", path.display()))
+        header
+            .iter()
+            .position(|h| *h == name)
+            .with_context(|| format!("{}: no column {name:?}", path.display()))
     };
-    let (pcap, l4, src_ip, src_port, dst_ip, dst_port) =
-        (find("pcap")?, find("l4")?, find("src_ip")?, find("src_port")?, find("dst_ip")?, find("dst_port")?);
+    let (pcap, l4, src_ip, src_port, dst_ip, dst_port) = (
+        find("pcap")?,
+        find("l4")?,
+        find("src_ip")?,
+        find("src_port")?,
+        find("dst_ip")?,
+        find("dst_port")?,
+    );
     let label_index = find(column)?;
     let filter_indices: Vec<(usize, &str)> =
         filters.iter().map(|(k, v)| Ok((find(k)?, v.as_str()))).collect::<Result<_>>()?;
@@ -408,10 +439,12 @@ fn read_flow_table(
             "UDP" => 17,
             _ => continue,
         };
-        let (Ok(src), Ok(dst)) = (get(src_ip).parse::<IpAddr>(), get(dst_ip).parse::<IpAddr>()) else {
+        let (Ok(src), Ok(dst)) = (get(src_ip).parse::<IpAddr>(), get(dst_ip).parse::<IpAddr>())
+        else {
             continue;
         };
-        let (Ok(sport), Ok(dport)) = (get(src_port).parse::<u16>(), get(dst_port).parse::<u16>()) else {
+        let (Ok(sport), Ok(dport)) = (get(src_port).parse::<u16>(), get(dst_port).parse::<u16>())
+        else {
             continue;
         };
         let tuple = FiveTuple { src, dst, src_port: sport, dst_port: dport, protocol };
@@ -485,7 +518,8 @@ impl<'a> Builder<'a> {
                     break;
                 }
             };
-            let Ok(packet) = parse::parse(LinkType(frame.link_type), frame.data, frame.orig_len) else {
+            let Ok(packet) = parse::parse(LinkType(frame.link_type), frame.data, frame.orig_len)
+            else {
                 self.count("packets_not_parsed");
                 continue;
             };
@@ -544,7 +578,10 @@ impl<'a> Builder<'a> {
             .collect();
         let mut labels: Vec<String> =
             flows_per_label.keys().filter(|l| !small.contains_key(*l)).cloned().collect();
-        if options.small_classes == SmallClasses::Other && !small.is_empty() && !labels.iter().any(|l| l == "Other") {
+        if options.small_classes == SmallClasses::Other
+            && !small.is_empty()
+            && !labels.iter().any(|l| l == "Other")
+        {
             labels.push("Other".into());
         }
         if labels.len() < 2 {
@@ -578,7 +615,8 @@ impl<'a> Builder<'a> {
             let flow_index = flows.len() as u32;
             let mut made = 0;
             for kept in 1..=flow.packets.len() as u64 {
-                let limit_reached = options.contexts_per_flow > 0 && made >= options.contexts_per_flow;
+                let limit_reached =
+                    options.contexts_per_flow > 0 && made >= options.contexts_per_flow;
                 if limit_reached || !context_due(kept, n, stride) {
                     continue;
                 }
@@ -600,7 +638,8 @@ impl<'a> Builder<'a> {
         let mut rng = SplitMix64(options.seed);
         let mut keep: Vec<usize> = Vec::new();
         for class in 0..labels.len() as u32 {
-            let mut members: Vec<usize> = (0..context_label.len()).filter(|&i| context_label[i] == class).collect();
+            let mut members: Vec<usize> =
+                (0..context_label.len()).filter(|&i| context_label[i] == class).collect();
             rng.shuffle(&mut members);
             if options.per_class_cap > 0 {
                 members.truncate(options.per_class_cap);
@@ -608,10 +647,18 @@ impl<'a> Builder<'a> {
             keep.extend(members);
         }
         keep.sort_unstable();
-        let contexts: Vec<u32> = keep.iter().flat_map(|&i| contexts[i * n..(i + 1) * n].iter().copied()).collect();
+        let contexts: Vec<u32> =
+            keep.iter().flat_map(|&i| contexts[i * n..(i + 1) * n].iter().copied()).collect();
         let context_label: Vec<u32> = keep.iter().map(|&i| context_label[i]).collect();
         let context_flow: Vec<u32> = keep.iter().map(|&i| context_flow[i]).collect();
-        let context_split = assign_splits(options.split, &context_label, &context_flow, &flows, labels.len(), &mut rng);
+        let context_split = assign_splits(
+            options.split,
+            &context_label,
+            &context_flow,
+            &flows,
+            labels.len(),
+            &mut rng,
+        );
 
         let info = DatasetInfo {
             labels,
@@ -666,7 +713,8 @@ fn assign_splits(
         SplitMode::Sample => {
             let mut split = vec![TRAIN; context_label.len()];
             for class in 0..classes as u32 {
-                let mut members: Vec<usize> = (0..context_label.len()).filter(|&i| context_label[i] == class).collect();
+                let mut members: Vec<usize> =
+                    (0..context_label.len()).filter(|&i| context_label[i] == class).collect();
                 rng.shuffle(&mut members);
                 for (rank, &i) in members.iter().enumerate() {
                     split[i] = by_rank(rank, members.len());
@@ -677,7 +725,8 @@ fn assign_splits(
         SplitMode::Flow => {
             let mut flow_split = vec![TRAIN; flows.len()];
             for class in 0..classes as u32 {
-                let mut members: Vec<usize> = (0..flows.len()).filter(|&f| flows[f].label == class).collect();
+                let mut members: Vec<usize> =
+                    (0..flows.len()).filter(|&f| flows[f].label == class).collect();
                 rng.shuffle(&mut members);
                 for (rank, &f) in members.iter().enumerate() {
                     flow_split[f] = by_rank(rank, members.len());
@@ -693,7 +742,10 @@ fn assign_splits(
             for (rank, &c) in order.iter().enumerate() {
                 capture_split[c] = by_rank(rank, captures);
             }
-            context_flow.iter().map(|&f| capture_split[flows[f as usize].capture as usize]).collect()
+            context_flow
+                .iter()
+                .map(|&f| capture_split[flows[f as usize].capture as usize])
+                .collect()
         }
     }
 }
@@ -837,7 +889,10 @@ impl DatasetArgs {
                 captures: captures.clone(),
             });
         }
-        bail!("give one label source: --dirs, --prefix-map with --inputs, or --flow-table with --captures")
+        bail!(
+            "give one label source: --dirs, --prefix-map with --inputs, \
+             or --flow-table with --captures"
+        )
     }
 
     pub fn options(&self) -> BuildOptions {

@@ -114,11 +114,7 @@ pub fn check_compatible(card: &ModelCard, info: &DatasetInfo) -> Result<()> {
     if card.labels != info.labels {
         let same_set = card.labels.len() == info.labels.len()
             && card.labels.iter().all(|l| info.labels.contains(l));
-        let why = if same_set {
-            "the same labels in another order"
-        } else {
-            "other labels"
-        };
+        let why = if same_set { "the same labels in another order" } else { "other labels" };
         bail!(
             "the model and the dataset have {why}:\n  model:   {}\n  dataset: {}",
             card.labels.join(", "),
@@ -175,10 +171,7 @@ fn evaluate_with_progress(
     if batch == 0 {
         bail!("the batch must hold at least one context");
     }
-    let split_name = SPLIT_NAMES
-        .get(split as usize)
-        .copied()
-        .unwrap_or("unknown");
+    let split_name = SPLIT_NAMES.get(split as usize).copied().unwrap_or("unknown");
     let indices = dataset.split(split);
     if indices.is_empty() {
         bail!("the {split_name} split of the dataset holds no contexts");
@@ -196,11 +189,7 @@ fn evaluate_with_progress(
             .predict(&raw, chunk.len(), &mut probs)
             .with_context(|| format!("the model failed on a batch of {}", chunk.len()))?;
         if probs.len() != chunk.len() * classes {
-            bail!(
-                "the model returned {} probabilities for {} contexts",
-                probs.len(),
-                chunk.len()
-            );
+            bail!("the model returned {} probabilities for {} contexts", probs.len(), chunk.len());
         }
         all_probs.extend_from_slice(&probs);
         if let Some(bar) = progress {
@@ -370,18 +359,10 @@ impl DatasetSummary {
             per_class_cap: info.per_class_cap,
             split_mode: info.split,
             seed: info.seed,
-            masks: masks
-                .iter()
-                .filter(|m| m.1)
-                .map(|m| m.0.to_string())
-                .collect(),
+            masks: masks.iter().filter(|m| m.1).map(|m| m.0.to_string()).collect(),
             contexts: dataset.len(),
             flows: dataset.flows.len(),
-            split: SPLIT_NAMES
-                .get(split as usize)
-                .copied()
-                .unwrap_or("unknown")
-                .to_string(),
+            split: SPLIT_NAMES.get(split as usize).copied().unwrap_or("unknown").to_string(),
             split_contexts: indices.len(),
             split_flows: split_flows.len(),
             split_class_contexts: dataset.class_counts(split),
@@ -440,16 +421,10 @@ pub fn write_report(
         context_confusion: evaluation.context_confusion.rows(),
         flow_confusion: evaluation.flow_confusion.rows(),
     };
-    write(
-        "metrics.json",
-        &(serde_json::to_string_pretty(&file)? + "\n"),
-    )?;
+    write("metrics.json", &(serde_json::to_string_pretty(&file)? + "\n"))?;
 
     // confusion.csv: a header row of labels, then one row per true class.
-    write(
-        "confusion.csv",
-        &confusion_csv(labels, &evaluation.context_confusion),
-    )?;
+    write("confusion.csv", &confusion_csv(labels, &evaluation.context_confusion))?;
 
     // predictions.csv.
     let label = |class: u32| labels.get(class as usize).map_or("?", String::as_str);
@@ -487,24 +462,11 @@ pub fn write_report(
     write("flow_predictions.csv", &csv)?;
 
     // Figures.
-    let split = SPLIT_NAMES
-        .get(evaluation.split as usize)
-        .copied()
-        .unwrap_or("unknown");
+    let split = SPLIT_NAMES.get(evaluation.split as usize).copied().unwrap_or("unknown");
     let title = format!("{}: contexts of the {split} split", subject.model.name);
-    confusion_png(
-        &out.join("confusion.png"),
-        labels,
-        &evaluation.context_confusion,
-        &title,
-    )?;
+    confusion_png(&out.join("confusion.png"), labels, &evaluation.context_confusion, &title)?;
     let title = format!("{}: flows of the {split} split", subject.model.name);
-    confusion_png(
-        &out.join("flow_confusion.png"),
-        labels,
-        &evaluation.flow_confusion,
-        &title,
-    )?;
+    confusion_png(&out.join("flow_confusion.png"), labels, &evaluation.flow_confusion, &title)?;
 
     write("report.md", &report_markdown(subject, evaluation))
 }
@@ -548,11 +510,7 @@ pub fn report_markdown(subject: &Subject, evaluation: &Evaluation) -> String {
     let mut md = String::new();
 
     // What was evaluated.
-    let _ = writeln!(
-        md,
-        "# Evaluation of `{}` on the {} split\n",
-        model.name, data.split
-    );
+    let _ = writeln!(md, "# Evaluation of `{}` on the {} split\n", model.name, data.split);
     let _ = writeln!(
         md,
         "- Model: `{}`: N = {}, attention {}, {} classes, {} parameters, {} weights{}.",
@@ -562,17 +520,9 @@ pub fn report_markdown(subject: &Subject, evaluation: &Evaluation) -> String {
         model.classes,
         model.parameters,
         model.precision,
-        if model.random_weights {
-            ", **random weights**"
-        } else {
-            ""
-        }
+        if model.random_weights { ", **random weights**" } else { "" }
     );
-    let masks = if data.masks.is_empty() {
-        "none".to_string()
-    } else {
-        data.masks.join(", ")
-    };
+    let masks = if data.masks.is_empty() { "none".to_string() } else { data.masks.join(", ") };
     let _ = writeln!(
         md,
         "- Dataset: `{}` ({}): {} contexts of {} flows, N = {}, stride {}, per-class cap {}, \
@@ -630,10 +580,7 @@ pub fn report_markdown(subject: &Subject, evaluation: &Evaluation) -> String {
 
     // Headline metrics.
     let _ = writeln!(md, "## Results\n");
-    let _ = writeln!(
-        md,
-        "Percentages. Macro means run over the classes present in the split.\n"
-    );
+    let _ = writeln!(md, "Percentages. Macro means run over the classes present in the split.\n");
     let _ = writeln!(md, "| metric | contexts | flows |");
     let _ = writeln!(md, "| --- | ---: | ---: |");
     type Value = fn(&Metrics) -> f64;
@@ -650,13 +597,8 @@ pub fn report_markdown(subject: &Subject, evaluation: &Evaluation) -> String {
     for (name, value) in rows {
         let _ = writeln!(md, "| {name} | {} | {} |", pct(value(c)), pct(value(f)));
     }
-    let _ = writeln!(
-        md,
-        "| top-{} error | {} | {} |",
-        c.top_k,
-        pct(c.top5_error),
-        pct(f.top5_error)
-    );
+    let _ =
+        writeln!(md, "| top-{} error | {} | {} |", c.top_k, pct(c.top5_error), pct(f.top5_error));
     let _ = writeln!(md, "| samples | {} | {} |", c.samples, f.samples);
     let _ = writeln!(
         md,
@@ -666,15 +608,10 @@ pub fn report_markdown(subject: &Subject, evaluation: &Evaluation) -> String {
 
     // Per class.
     let _ = writeln!(md, "## Per class\n");
-    let _ = writeln!(
-        md,
-        "Precision, recall and F1 in percent; \"-\": no such sample in the split.\n"
-    );
+    let _ =
+        writeln!(md, "Precision, recall and F1 in percent; \"-\": no such sample in the split.\n");
     let _ = writeln!(md, "| class | contexts | P | R | F1 | flows | P | R | F1 |");
-    let _ = writeln!(
-        md,
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-    );
+    let _ = writeln!(md, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (class, label) in data.labels.iter().enumerate() {
         let cells = |m: &Metrics| -> String {
             match m.per_class.get(class) {
@@ -691,13 +628,7 @@ pub fn report_markdown(subject: &Subject, evaluation: &Evaluation) -> String {
                 _ => "0 | - | - | -".to_string(),
             }
         };
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} |",
-            label.replace('|', "\\|"),
-            cells(c),
-            cells(f)
-        );
+        let _ = writeln!(md, "| {} | {} | {} |", label.replace('|', "\\|"), cells(c), cells(f));
     }
     md.push('\n');
 
@@ -712,21 +643,12 @@ pub fn report_markdown(subject: &Subject, evaluation: &Evaluation) -> String {
     pairs.sort_by(|a, b| b.0.cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2))));
     if !pairs.is_empty() {
         let _ = writeln!(md, "## Most confused (contexts)\n");
-        let _ = writeln!(
-            md,
-            "| true class | predicted as | contexts | share of the true class |"
-        );
+        let _ = writeln!(md, "| true class | predicted as | contexts | share of the true class |");
         let _ = writeln!(md, "| --- | --- | ---: | ---: |");
         let name = |class: usize| data.labels.get(class).map_or("?", String::as_str);
         for &(count, t, p) in pairs.iter().take(8) {
             let share = count as f64 / confusion.row_total(t).max(1) as f64;
-            let _ = writeln!(
-                md,
-                "| {} | {} | {count} | {} % |",
-                name(t),
-                name(p),
-                pct(share)
-            );
+            let _ = writeln!(md, "| {} | {} | {count} | {} % |", name(t), name(p), pct(share));
         }
         md.push('\n');
     }
@@ -755,11 +677,8 @@ pub fn report_markdown(subject: &Subject, evaluation: &Evaluation) -> String {
         let _ = writeln!(md, "- Command: `{command}`");
     }
     if !training.metrics.is_empty() {
-        let values: Vec<String> = training
-            .metrics
-            .iter()
-            .map(|(k, v)| format!("{k} {v:.4}"))
-            .collect();
+        let values: Vec<String> =
+            training.metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
         let _ = writeln!(md, "- Recorded on the card: {}", values.join(", "));
     }
     if recorded {
@@ -799,10 +718,7 @@ fn split_mode_name(mode: SplitMode) -> &'static str {
 
 /// `<folder>/<stem>-eval` for a card `<folder>/<stem>.card.toml`.
 fn default_out(model: &Path) -> PathBuf {
-    let name = model
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let stem = name
         .strip_suffix(".card.toml")
         .or_else(|| name.rsplit_once('.').map(|(stem, _)| stem))
@@ -816,11 +732,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let classifier = Classifier::load(&args.model, device)?;
     let dataset = Dataset::load(&args.dataset)?;
     check_compatible(classifier.card(), &dataset.info).with_context(|| {
-        format!(
-            "{} cannot be evaluated on {}",
-            args.model.display(),
-            args.dataset.display()
-        )
+        format!("{} cannot be evaluated on {}", args.model.display(), args.dataset.display())
     })?;
     let split = args.split.index();
     let subject = Subject {
@@ -839,11 +751,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
 
     // Write and summarise.
     let out = args.out.clone().unwrap_or_else(|| default_out(&args.model));
-    let descriptions: Vec<String> = dataset
-        .flows
-        .iter()
-        .map(|f| f.description.clone())
-        .collect();
+    let descriptions: Vec<String> = dataset.flows.iter().map(|f| f.description.clone()).collect();
     write_report(&out, &subject, &evaluation, &descriptions)?;
     let (c, f) = (&evaluation.context, &evaluation.flow);
     println!(
@@ -900,16 +808,11 @@ mod tests {
         let mut other_n = info(&["a", "b"]);
         other_n.packets_per_context = 3;
         assert!(
-            check_compatible(&card(&["a", "b"]), &other_n)
-                .unwrap_err()
-                .to_string()
-                .contains("N=3")
+            check_compatible(&card(&["a", "b"]), &other_n).unwrap_err().to_string().contains("N=3")
         );
         let mut masked = info(&["a", "b"]);
         masked.preprocess.mask_ttl = true;
-        let error = check_compatible(&card(&["a", "b"]), &masked)
-            .unwrap_err()
-            .to_string();
+        let error = check_compatible(&card(&["a", "b"]), &masked).unwrap_err().to_string();
         assert!(error.contains("mask_ttl"), "{error}");
     }
 
@@ -939,10 +842,7 @@ mod tests {
             confusion_csv(&labels, &confusion),
             "truth\\predicted,x,\"y,z\"\nx,0,1\n\"y,z\",0,0\n"
         );
-        assert_eq!(
-            default_out(Path::new("/m/a.card.toml")),
-            Path::new("/m/a-eval")
-        );
+        assert_eq!(default_out(Path::new("/m/a.card.toml")), Path::new("/m/a-eval"));
         assert_eq!(default_out(Path::new("b.toml")), Path::new("b-eval"));
     }
 }

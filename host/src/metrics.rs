@@ -42,10 +42,7 @@ pub struct Confusion {
 impl Confusion {
     /// An empty matrix for `classes` classes.
     pub fn new(classes: usize) -> Self {
-        Self {
-            classes,
-            counts: vec![0; classes * classes],
-        }
+        Self { classes, counts: vec![0; classes * classes] }
     }
 
     /// The matrix of the given true classes and probability rows (see the module's
@@ -66,10 +63,7 @@ impl Confusion {
     /// Counts one sample; refuses a class index out of range.
     pub fn add(&mut self, truth: usize, predicted: usize) -> Result<()> {
         if truth >= self.classes || predicted >= self.classes {
-            bail!(
-                "class index ({truth}, {predicted}) out of range for {} classes",
-                self.classes
-            );
+            bail!("class index ({truth}, {predicted}) out of range for {} classes", self.classes);
         }
         self.counts[truth * self.classes + predicted] += 1;
         Ok(())
@@ -105,10 +99,7 @@ impl Confusion {
 
     /// The matrix as rows (true classes) of counts, for JSON.
     pub fn rows(&self) -> Vec<Vec<u64>> {
-        self.counts
-            .chunks(self.classes.max(1))
-            .map(<[u64]>::to_vec)
-            .collect()
+        self.counts.chunks(self.classes.max(1)).map(<[u64]>::to_vec).collect()
     }
 }
 
@@ -175,13 +166,7 @@ impl Metrics {
                 let precision = ratio(hits, predicted as f64);
                 let recall = ratio(hits, support as f64);
                 let f1 = ratio(2.0 * precision * recall, precision + recall);
-                ClassMetrics {
-                    precision,
-                    recall,
-                    f1,
-                    support,
-                    predicted,
-                }
+                ClassMetrics { precision, recall, f1, support, predicted }
             })
             .collect();
 
@@ -237,11 +222,8 @@ pub fn in_top_k(row: &[f32], truth: usize, k: usize) -> bool {
         return false;
     }
     // Classes ranked before the truth: more probable, or as probable with a lower index.
-    let before = row
-        .iter()
-        .enumerate()
-        .filter(|&(class, &q)| q > p || (q == p && class < truth))
-        .count();
+    let before =
+        row.iter().enumerate().filter(|&(class, &q)| q > p || (q == p && class < truth)).count();
     before < k
 }
 
@@ -250,11 +232,7 @@ fn check_shapes(classes: usize, truth: &[u32], probs: &[f32]) -> Result<()> {
         bail!("metrics need at least one class");
     }
     if probs.len() != truth.len() * classes {
-        bail!(
-            "{} probabilities for {} samples of {classes} classes",
-            probs.len(),
-            truth.len()
-        );
+        bail!("{} probabilities for {} samples of {classes} classes", probs.len(), truth.len());
     }
     if let Some(&t) = truth.iter().find(|&&t| t as usize >= classes) {
         bail!("true class {t} out of range for {classes} classes");
@@ -314,19 +292,13 @@ mod tests {
         let expected = [(0.75, 0.75, 0.75, 4), (2.0 / 3.0, 0.5, 4.0 / 7.0, 4)];
         for (class, (p, r, f, s)) in expected.into_iter().enumerate() {
             let c = m.per_class[class];
-            assert!(
-                close(c.precision, p) && close(c.recall, r) && close(c.f1, f),
-                "{c:?}"
-            );
+            assert!(close(c.precision, p) && close(c.recall, r) && close(c.f1, f), "{c:?}");
             assert_eq!(c.support, s);
         }
         let c2 = m.per_class[2];
         assert!(close(c2.precision, 2.0 / 3.0) && close(c2.recall, 1.0) && close(c2.f1, 0.8));
         let c3 = m.per_class[3];
-        assert_eq!(
-            (c3.precision, c3.recall, c3.f1, c3.support),
-            (0.0, 0.0, 0.0, 0)
-        );
+        assert_eq!((c3.precision, c3.recall, c3.f1, c3.support), (0.0, 0.0, 0.0, 0));
 
         // Macro over the 3 classes with support:
         //   P = (3/4 + 2/3 + 2/3) / 3 = (9 + 8 + 8) / 36 = 25/36
@@ -414,13 +386,7 @@ mod tests {
         assert_eq!(m.samples, 0);
         assert_eq!(m.per_class.len(), 3);
         assert_eq!(m.classes_with_support, 0);
-        for value in [
-            m.accuracy,
-            m.macro_f1,
-            m.weighted_f1,
-            m.top1_error,
-            m.top5_error,
-        ] {
+        for value in [m.accuracy, m.macro_f1, m.weighted_f1, m.top1_error, m.top5_error] {
             assert_eq!(value, 0.0);
         }
         assert_eq!(Confusion::new(3).total(), 0);

@@ -57,13 +57,8 @@ fn abbreviate(label: &str) -> String {
 
 /// Sequential blues, white for 0 to dark for 1 (ColorBrewer's "Blues" anchors).
 fn heat_color(fraction: f64) -> RGBColor {
-    const STOPS: [(u8, u8, u8); 5] = [
-        (247, 251, 255),
-        (198, 219, 239),
-        (107, 174, 214),
-        (33, 113, 181),
-        (8, 48, 107),
-    ];
+    const STOPS: [(u8, u8, u8); 5] =
+        [(247, 251, 255), (198, 219, 239), (107, 174, 214), (33, 113, 181), (8, 48, 107)];
     let position = fraction.clamp(0.0, 1.0) * (STOPS.len() - 1) as f64;
     let lower = (position.floor() as usize).min(STOPS.len() - 2);
     let t = position - lower as f64;
@@ -83,10 +78,7 @@ pub fn confusion_png(
 ) -> Result<()> {
     let n = confusion.classes();
     if n == 0 || labels.len() != n {
-        bail!(
-            "{} labels for a confusion matrix of {n} classes",
-            labels.len()
-        );
+        bail!("{} labels for a confusion matrix of {n} classes", labels.len());
     }
     if n > MAX_PLOT_CLASSES {
         bail!("{n} classes are too many for a readable heatmap (at most {MAX_PLOT_CLASSES})");
@@ -140,22 +132,11 @@ pub fn confusion_png(
         for p in 0..n {
             let count = confusion.get(t, p);
             let (x, y) = (left + p as i32 * cell_i, top + t as i32 * cell_i);
-            let fraction = if support > 0 {
-                count as f64 / support as f64
-            } else {
-                0.0
-            };
-            let fill = if support > 0 {
-                heat_color(fraction)
-            } else {
-                RGBColor(225, 225, 225)
-            };
+            let fraction = if support > 0 { count as f64 / support as f64 } else { 0.0 };
+            let fill = if support > 0 { heat_color(fraction) } else { RGBColor(225, 225, 225) };
             let rect = [(x, y), (x + cell_i, y + cell_i)];
             drawing(root.draw(&Rectangle::new(rect, fill.filled())))?;
-            drawing(root.draw(&Rectangle::new(
-                rect,
-                RGBColor(255, 255, 255).stroke_width(1),
-            )))?;
+            drawing(root.draw(&Rectangle::new(rect, RGBColor(255, 255, 255).stroke_width(1))))?;
             if support == 0 {
                 continue;
             }
@@ -199,13 +180,10 @@ pub fn confusion_png(
         let y = top + t as i32 * cell_i + cell_i / 2;
         drawing(root.draw_text(text, &right_aligned, (left - 8, y)))?;
     }
-    let rotated = TextStyle::from(
-        ("sans-serif", label_font)
-            .into_font()
-            .transform(FontTransform::Rotate270),
-    )
-    .color(&BLACK)
-    .pos(Pos::new(HPos::Right, VPos::Center));
+    let rotated =
+        TextStyle::from(("sans-serif", label_font).into_font().transform(FontTransform::Rotate270))
+            .color(&BLACK)
+            .pos(Pos::new(HPos::Right, VPos::Center));
     let matrix_i = matrix as i32;
     for (p, text) in column_labels.iter().enumerate() {
         let x = left + p as i32 * cell_i + cell_i / 2;
@@ -216,20 +194,14 @@ pub fn confusion_png(
     let axis_style = TextStyle::from(("sans-serif", 16.0).into_font().style(FontStyle::Bold))
         .color(&BLACK)
         .pos(Pos::new(HPos::Center, VPos::Center));
-    let bottom_title = (
-        left + matrix_i / 2,
-        height as i32 - axis_title as i32 / 2 - 4,
-    );
+    let bottom_title = (left + matrix_i / 2, height as i32 - axis_title as i32 / 2 - 4);
     drawing(root.draw_text(
         "predicted class (cells: % of the true class)",
         &axis_style,
         bottom_title,
     ))?;
     let side_style = TextStyle::from(
-        ("sans-serif", 16.0)
-            .into_font()
-            .style(FontStyle::Bold)
-            .transform(FontTransform::Rotate270),
+        ("sans-serif", 16.0).into_font().style(FontStyle::Bold).transform(FontTransform::Rotate270),
     )
     .color(&BLACK)
     .pos(Pos::new(HPos::Center, VPos::Center));
@@ -237,13 +209,7 @@ pub fn confusion_png(
     drawing(root.draw_text("true class (support)", &side_style, side_title))?;
 
     // Colour bar: share of the row, 0 % at the bottom.
-    color_bar(
-        &root,
-        left + matrix_i + bar_gap as i32,
-        top,
-        bar_width as i32,
-        matrix_i,
-    )?;
+    color_bar(&root, left + matrix_i + bar_gap as i32, top, bar_width as i32, matrix_i)?;
     drawing(root.present())?;
     Ok(())
 }
@@ -278,12 +244,10 @@ fn color_bar(
 
 /// Finite values' (min, max), or None.
 fn finite_range(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
-    values
-        .filter(|v| v.is_finite())
-        .fold(None, |range, v| match range {
-            None => Some((v, v)),
-            Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
-        })
+    values.filter(|v| v.is_finite()).fold(None, |range, v| match range {
+        None => Some((v, v)),
+        Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
+    })
 }
 
 /// Writes two panels side by side: training and validation loss (with the learning rate on
@@ -298,24 +262,15 @@ pub fn training_curves_png(path: &Path, epochs: &[EpochPoint]) -> Result<()> {
 
     // A single epoch still needs a non-empty x range.
     let first = epochs.iter().map(|e| e.epoch).min().unwrap_or(0);
-    let last = epochs
-        .iter()
-        .map(|e| e.epoch)
-        .max()
-        .unwrap_or(0)
-        .max(first + 1);
+    let last = epochs.iter().map(|e| e.epoch).max().unwrap_or(0).max(first + 1);
     // Integer epochs on the x axis, so ticks never fall between two epochs.
     let x_range = first as i64..last as i64;
     let (train_color, validation_color) = (RGBColor(31, 119, 180), RGBColor(255, 127, 14));
     let line = |e: &EpochPoint, value: f64| (e.epoch as i64, value);
 
     // Loss panel, from 0 so curves of different runs compare by eye.
-    let losses = epochs
-        .iter()
-        .flat_map(|e| [e.train_loss, e.validation_loss]);
-    let loss_top = finite_range(losses)
-        .map_or(1.0, |(_, hi)| hi * 1.08)
-        .max(1e-6);
+    let losses = epochs.iter().flat_map(|e| [e.train_loss, e.validation_loss]);
+    let loss_top = finite_range(losses).map_or(1.0, |(_, hi)| hi * 1.08).max(1e-6);
     let rates = finite_range(epochs.iter().map(|e| e.learning_rate));
     let rate_top = rates.map_or(1.0, |(_, hi)| hi * 1.08).max(1e-12);
     let mut loss = drawing(
@@ -346,11 +301,7 @@ pub fn training_curves_png(path: &Path, epochs: &[EpochPoint]) -> Result<()> {
             .draw(),
     )?;
     let series = [
-        (
-            "training",
-            train_color,
-            epochs.iter().map(|e| line(e, e.train_loss)).collect(),
-        ),
+        ("training", train_color, epochs.iter().map(|e| line(e, e.train_loss)).collect()),
         (
             "validation",
             validation_color,
@@ -359,11 +310,8 @@ pub fn training_curves_png(path: &Path, epochs: &[EpochPoint]) -> Result<()> {
     ];
     draw_lines(&mut loss, series)?;
     let rate_style = RGBColor(120, 120, 120).stroke_width(2);
-    let rate_points: Vec<(i64, f64)> = epochs
-        .iter()
-        .map(|e| line(e, e.learning_rate))
-        .filter(|p| p.1.is_finite())
-        .collect();
+    let rate_points: Vec<(i64, f64)> =
+        epochs.iter().map(|e| line(e, e.learning_rate)).filter(|p| p.1.is_finite()).collect();
     drawing(loss.draw_secondary_series(DashedLineSeries::new(rate_points, 8, 5, rate_style)))?
         .label("learning rate (right axis)")
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], rate_style));
@@ -377,9 +325,7 @@ pub fn training_curves_png(path: &Path, epochs: &[EpochPoint]) -> Result<()> {
     )?;
 
     // Accuracy panel: up to 1, from a round value below the lowest point.
-    let accuracies = epochs
-        .iter()
-        .flat_map(|e| [e.train_accuracy, e.validation_accuracy]);
+    let accuracies = epochs.iter().flat_map(|e| [e.train_accuracy, e.validation_accuracy]);
     let low = finite_range(accuracies).map_or(0.0, |(lo, _)| lo);
     let floor = ((low - 0.05) * 10.0).floor().clamp(0.0, 9.0) / 10.0;
     let mut accuracy = drawing(
@@ -402,18 +348,11 @@ pub fn training_curves_png(path: &Path, epochs: &[EpochPoint]) -> Result<()> {
             .draw(),
     )?;
     let series = [
-        (
-            "training",
-            train_color,
-            epochs.iter().map(|e| line(e, e.train_accuracy)).collect(),
-        ),
+        ("training", train_color, epochs.iter().map(|e| line(e, e.train_accuracy)).collect()),
         (
             "validation",
             validation_color,
-            epochs
-                .iter()
-                .map(|e| line(e, e.validation_accuracy))
-                .collect(),
+            epochs.iter().map(|e| line(e, e.validation_accuracy)).collect(),
         ),
     ];
     draw_lines(&mut accuracy, series)?;
@@ -466,11 +405,7 @@ mod tests {
         let mut confusion = Confusion::new(n);
         for t in 0..n {
             for p in 0..n {
-                let count = if t == p {
-                    40 + 7 * t
-                } else {
-                    (t * 3 + p * 5) % 7
-                };
+                let count = if t == p { 40 + 7 * t } else { (t * 3 + p * 5) % 7 };
                 for _ in 0..count {
                     confusion.add(t, p).unwrap();
                 }

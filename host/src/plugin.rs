@@ -13,7 +13,8 @@ use combo_packet::{
 use libloading::Library;
 
 type AbiVersion = unsafe extern "C" fn() -> u32;
-type SetLogCallback = unsafe extern "C" fn(ComboLogCallback, *mut c_void, ComboLogLevel) -> ComboStatus;
+type SetLogCallback =
+    unsafe extern "C" fn(ComboLogCallback, *mut c_void, ComboLogLevel) -> ComboStatus;
 type LastError = unsafe extern "C" fn(*mut c_char, usize) -> usize;
 type EngineNewFromToml = unsafe extern "C" fn(*const c_char, *mut *mut ComboEngine) -> ComboStatus;
 type EngineFree = unsafe extern "C" fn(*mut ComboEngine);

@@ -191,9 +191,9 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
         let workers = args.workers;
         let with_contexts = args.contexts;
         let names = file_names.clone();
-        thread::Builder::new().name("replay-writer".into()).spawn(move || {
-            write_loop(writer_receiver, &labels, &names, workers, with_contexts)
-        })?
+        thread::Builder::new()
+            .name("replay-writer".into())
+            .spawn(move || write_loop(writer_receiver, &labels, &names, workers, with_contexts))?
     };
 
     // Read every file, spreading frames by flow.
@@ -214,7 +214,9 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
     let mut failed_files = Vec::new();
     let mut bytes_before = 0;
     for (file_index, path) in files.iter().enumerate() {
-        progress.set_message(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        progress.set_message(
+            path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        );
         if let Err(e) = read_file(path, file_index, &senders, &progress, bytes_before) {
             progress.suspend(|| eprintln!("combo: {e}"));
             failed_files.push(path.display().to_string());
@@ -253,7 +255,8 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
         std::fs::write(path, serde_json::to_string_pretty(&summary)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    let consistent = summary.get("inconsistent_files").and_then(Value::as_array).is_none_or(|a| a.is_empty());
+    let consistent =
+        summary.get("inconsistent_files").and_then(Value::as_array).is_none_or(|a| a.is_empty());
     if !consistent {
         eprintln!("combo: counters do not add up for some files (see the summary)");
         return Ok(ExitCode::from(3));
@@ -276,7 +279,10 @@ fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 .collect();
             found.sort();
             if found.is_empty() {
-                bail!("{}: no .pcap, .pcapng or .cap files in this folder (not searched recursively)", input.display());
+                bail!(
+                    "{}: no .pcap, .pcapng or .cap files in this folder (not searched recursively)",
+                    input.display()
+                );
             }
             files.extend(found);
         } else {
@@ -551,7 +557,8 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z.rem_euclid(146_097);
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_index = (5 * day_of_year + 2) / 153;
     let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
@@ -591,8 +598,10 @@ fn stats_fields(s: &ComboStats) -> [(&'static str, u64); 24] {
 }
 
 fn stats_json(stats: &ComboStats) -> Value {
-    let map: serde_json::Map<String, Value> =
-        stats_fields(stats).into_iter().map(|(name, value)| (name.to_string(), json!(value))).collect();
+    let map: serde_json::Map<String, Value> = stats_fields(stats)
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), json!(value)))
+        .collect();
     Value::Object(map)
 }
 
@@ -661,8 +670,10 @@ fn print_summary(summary: &serde_json::Map<String, Value>, totals: &ComboStats) 
         + totals.skipped_bad_header
         + totals.skipped_fragment
         + totals.skipped_other_transport;
-    let filtered =
-        totals.filtered_dns + totals.filtered_ntp + totals.filtered_netbios + totals.filtered_empty_tcp;
+    let filtered = totals.filtered_dns
+        + totals.filtered_ntp
+        + totals.filtered_netbios
+        + totals.filtered_empty_tcp;
     eprintln!("── summary ──────────────────────────────────────────");
     eprintln!(
         "packets     {} in: {} accepted, {} filtered (dns {}, ntp {}, netbios {}, empty tcp {}), \
@@ -730,7 +741,13 @@ mod tests {
 
     #[test]
     fn counters_must_add_up() {
-        let mut s = ComboStats { packets: 10, accepted: 7, filtered_dns: 2, skipped_non_ip: 1, ..Default::default() };
+        let mut s = ComboStats {
+            packets: 10,
+            accepted: 7,
+            filtered_dns: 2,
+            skipped_non_ip: 1,
+            ..Default::default()
+        };
         s.contexts = 3;
         s.contexts_classified = 2;
         s.contexts_dropped = 1;

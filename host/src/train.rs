@@ -101,13 +101,24 @@ impl Adam {
     fn new(variables: &BTreeMap<String, Tensor>) -> Result<Self> {
         let zeros = |t: &Tensor| t.f_zeros_like();
         Ok(Self {
-            first: variables.iter().map(|(n, t)| Ok((n.clone(), zeros(t)?))).collect::<Result<_>>()?,
-            second: variables.iter().map(|(n, t)| Ok((n.clone(), zeros(t)?))).collect::<Result<_>>()?,
+            first: variables
+                .iter()
+                .map(|(n, t)| Ok((n.clone(), zeros(t)?)))
+                .collect::<Result<_>>()?,
+            second: variables
+                .iter()
+                .map(|(n, t)| Ok((n.clone(), zeros(t)?)))
+                .collect::<Result<_>>()?,
         })
     }
 
     /// One step with bias correction; `steps` counts this step.
-    fn step(&mut self, variables: &BTreeMap<String, Tensor>, learning_rate: f64, steps: i64) -> Result<()> {
+    fn step(
+        &mut self,
+        variables: &BTreeMap<String, Tensor>,
+        learning_rate: f64,
+        steps: i64,
+    ) -> Result<()> {
         let _no_grad = tch::no_grad_guard();
         let correction1 = 1.0 - ADAM_BETA1.powi(steps as i32);
         let correction2 = 1.0 - ADAM_BETA2.powi(steps as i32);
@@ -116,14 +127,18 @@ impl Adam {
             if !gradient.defined() {
                 continue;
             }
-            let (Some(first), Some(second)) = (self.first.get_mut(name), self.second.get_mut(name)) else {
+            let (Some(first), Some(second)) = (self.first.get_mut(name), self.second.get_mut(name))
+            else {
                 bail!("no Adam state for {name}");
             };
-            let _ = first.f_mul_scalar_(ADAM_BETA1)?.f_add_(&gradient.f_mul_scalar(1.0 - ADAM_BETA1)?)?;
+            let _ = first
+                .f_mul_scalar_(ADAM_BETA1)?
+                .f_add_(&gradient.f_mul_scalar(1.0 - ADAM_BETA1)?)?;
             let _ = second
                 .f_mul_scalar_(ADAM_BETA2)?
                 .f_add_(&gradient.f_mul(&gradient)?.f_mul_scalar(1.0 - ADAM_BETA2)?)?;
-            let denominator = second.f_div_scalar(correction2)?.f_sqrt()?.f_add_scalar(ADAM_EPSILON)?;
+            let denominator =
+                second.f_div_scalar(correction2)?.f_sqrt()?.f_add_scalar(ADAM_EPSILON)?;
             let update = first.f_div(&denominator)?.f_mul_scalar(learning_rate / correction1)?;
             let mut variable = variable.shallow_clone();
             let _ = variable.f_sub_(&update)?;
@@ -139,7 +154,8 @@ impl Adam {
         for (name, t) in &self.second {
             named.push((format!("second.{name}"), t));
         }
-        Tensor::write_safetensors(&named, path).with_context(|| format!("cannot write {}", path.display()))
+        Tensor::write_safetensors(&named, path)
+            .with_context(|| format!("cannot write {}", path.display()))
     }
 
     fn load(path: &Path, device: Device) -> Result<Self> {
@@ -157,7 +173,8 @@ impl Adam {
 }
 
 fn checkpoint_dir(out: &Path) -> PathBuf {
-    let stem = out.file_name().and_then(|n| n.to_str()).unwrap_or("model").trim_end_matches(".card.toml");
+    let stem =
+        out.file_name().and_then(|n| n.to_str()).unwrap_or("model").trim_end_matches(".card.toml");
     out.with_file_name(format!("{stem}.checkpoint"))
 }
 
@@ -200,8 +217,13 @@ pub fn train(args: &TrainArgs) -> Result<TrainOutcome> {
     let device = select_device(&args.device)?;
     let name = card_stem(&args.out)?;
     let weights = args.out.with_file_name(format!("{name}.safetensors"));
-    if std::fs::canonicalize(&weights).ok() == std::fs::canonicalize(&args.dataset).ok() && weights.exists() {
-        bail!("the model's weights {} would overwrite the dataset; choose another --out", weights.display());
+    if std::fs::canonicalize(&weights).ok() == std::fs::canonicalize(&args.dataset).ok()
+        && weights.exists()
+    {
+        bail!(
+            "the model's weights {} would overwrite the dataset; choose another --out",
+            weights.display()
+        );
     }
     let dataset = Dataset::load(&args.dataset)?;
     let train_indices = dataset.split(TRAIN);
@@ -213,41 +235,43 @@ pub fn train(args: &TrainArgs) -> Result<TrainOutcome> {
     let checkpoint = checkpoint_dir(&args.out);
 
     // A fresh model, or the last checkpoint with its optimizer state.
-    let (mut classifier, mut adam, mut state) = if args.resume && checkpoint.join("state.json").exists() {
-        let classifier = Classifier::load(&checkpoint.join("last.card.toml"), device)?;
-        let adam = Adam::load(&checkpoint.join("adam.safetensors"), device)?;
-        let state: RunState = serde_json::from_str(&std::fs::read_to_string(checkpoint.join("state.json"))?)?;
-        log::info!("resuming after epoch {} from {}", state.epochs_done, checkpoint.display());
-        (classifier, adam, state)
-    } else {
-        let card = ModelCard {
-            format: 1,
-            name: name.clone(),
-            labels: info.labels.clone(),
-            packets_per_context: info.packets_per_context,
-            attention: args.attention,
-            preprocess: info.preprocess.clone(),
-            weights: String::new(),
-            precision: String::new(),
-            random_weights: true,
-            parameters: 0,
-            training: TrainingSummary::default(),
+    let (mut classifier, mut adam, mut state) =
+        if args.resume && checkpoint.join("state.json").exists() {
+            let classifier = Classifier::load(&checkpoint.join("last.card.toml"), device)?;
+            let adam = Adam::load(&checkpoint.join("adam.safetensors"), device)?;
+            let state: RunState =
+                serde_json::from_str(&std::fs::read_to_string(checkpoint.join("state.json"))?)?;
+            log::info!("resuming after epoch {} from {}", state.epochs_done, checkpoint.display());
+            (classifier, adam, state)
+        } else {
+            let card = ModelCard {
+                format: 1,
+                name: name.clone(),
+                labels: info.labels.clone(),
+                packets_per_context: info.packets_per_context,
+                attention: args.attention,
+                preprocess: info.preprocess.clone(),
+                weights: String::new(),
+                precision: String::new(),
+                random_weights: true,
+                parameters: 0,
+                training: TrainingSummary::default(),
+            };
+            tch::manual_seed(args.seed as i64);
+            let classifier = Classifier::new_random(card, device, args.seed as i64)?;
+            let adam = Adam::new(&named_variables(&classifier))?;
+            let state = RunState {
+                epochs_done: 0,
+                steps: 0,
+                learning_rate: args.learning_rate,
+                best_validation_loss: f64::INFINITY,
+                best_epoch: 0,
+                epochs_without_improvement: 0,
+                history: Vec::new(),
+                seconds: 0.0,
+            };
+            (classifier, adam, state)
         };
-        tch::manual_seed(args.seed as i64);
-        let classifier = Classifier::new_random(card, device, args.seed as i64)?;
-        let adam = Adam::new(&named_variables(&classifier))?;
-        let state = RunState {
-            epochs_done: 0,
-            steps: 0,
-            learning_rate: args.learning_rate,
-            best_validation_loss: f64::INFINITY,
-            best_epoch: 0,
-            epochs_without_improvement: 0,
-            history: Vec::new(),
-            seconds: 0.0,
-        };
-        (classifier, adam, state)
-    };
     log::info!(
         "training N={} {} on {} contexts ({} validation), {} classes, {} parameters, {:?}",
         info.packets_per_context,
@@ -272,7 +296,8 @@ pub fn train(args: &TrainArgs) -> Result<TrainOutcome> {
         if args.epoch_contexts > 0 {
             order.truncate(args.epoch_contexts);
         }
-        let progress = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(order.len() as u64) };
+        let progress =
+            if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(order.len() as u64) };
         progress.set_style(
             ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({eta})")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -288,15 +313,28 @@ pub fn train(args: &TrainArgs) -> Result<TrainOutcome> {
                 variable.zero_grad();
             }
             let logits = classifier.net().f_forward_t(&xs, true)?;
-            let loss = logits.f_log_softmax(-1, Kind::Float)?.f_nll_loss(&targets, None::<Tensor>, tch::Reduction::Mean, -100)?;
+            let loss = logits.f_log_softmax(-1, Kind::Float)?.f_nll_loss(
+                &targets,
+                None::<Tensor>,
+                tch::Reduction::Mean,
+                -100,
+            )?;
             loss.f_backward()?;
             state.steps += 1;
             adam.step(&variables, state.learning_rate, state.steps)?;
             loss_sum += loss.f_double_value(&[])? * batch.len() as f64;
-            correct += logits.f_argmax(-1, false)?.f_eq_tensor(&targets)?.f_sum(Kind::Int64)?.f_int64_value(&[])?;
+            correct += logits
+                .f_argmax(-1, false)?
+                .f_eq_tensor(&targets)?
+                .f_sum(Kind::Int64)?
+                .f_int64_value(&[])?;
             seen += batch.len();
             progress.inc(batch.len() as u64);
-            progress.set_message(format!("loss {:.4} acc {:.3}", loss_sum / seen as f64, correct as f64 / seen as f64));
+            progress.set_message(format!(
+                "loss {:.4} acc {:.3}",
+                loss_sum / seen as f64,
+                correct as f64 / seen as f64
+            ));
         }
         progress.finish_and_clear();
         let (validation_loss, validation_accuracy) =
@@ -311,7 +349,8 @@ pub fn train(args: &TrainArgs) -> Result<TrainOutcome> {
         };
         state.seconds += started.elapsed().as_secs_f64();
         log::info!(
-            "epoch {epoch}: train loss {:.4} acc {:.3} | validation loss {:.4} acc {:.3} | lr {:.1e} | {:.0} s",
+            "epoch {epoch}: train loss {:.4} acc {:.3} | validation loss {:.4} acc {:.3} | \
+             lr {:.1e} | {:.0} s",
             point.train_loss,
             point.train_accuracy,
             point.validation_loss,
@@ -359,9 +398,20 @@ fn named_variables(classifier: &Classifier) -> BTreeMap<String, Tensor> {
     classifier.var_store().variables().into_iter().collect()
 }
 
-fn inputs(dataset: &Dataset, batch: &[usize], raw: &[u8], device: Device) -> Result<(Tensor, Tensor)> {
+fn inputs(
+    dataset: &Dataset,
+    batch: &[usize],
+    raw: &[u8],
+    device: Device,
+) -> Result<(Tensor, Tensor)> {
     let info = &dataset.info;
-    let xs = scale_bytes(raw, batch.len(), info.packets_per_context, info.preprocess.packet_bytes, device)?;
+    let xs = scale_bytes(
+        raw,
+        batch.len(),
+        info.packets_per_context,
+        info.preprocess.packet_bytes,
+        device,
+    )?;
     let labels: Vec<i64> = batch.iter().map(|&i| dataset.context_label[i] as i64).collect();
     let targets = Tensor::f_from_slice(&labels)?.f_to_device(device)?;
     Ok((xs, targets))
@@ -383,17 +433,34 @@ fn evaluate_loss(
         dataset.fill_batch(chunk, &mut raw);
         let (xs, targets) = inputs(dataset, chunk, &raw, device)?;
         let logits = classifier.net().f_forward_t(&xs, false)?;
-        let loss = logits.f_log_softmax(-1, Kind::Float)?.f_nll_loss(&targets, None::<Tensor>, tch::Reduction::Sum, -100)?;
+        let loss = logits.f_log_softmax(-1, Kind::Float)?.f_nll_loss(
+            &targets,
+            None::<Tensor>,
+            tch::Reduction::Sum,
+            -100,
+        )?;
         loss_sum += loss.f_double_value(&[])?;
-        correct += logits.f_argmax(-1, false)?.f_eq_tensor(&targets)?.f_sum(Kind::Int64)?.f_int64_value(&[])?;
+        correct += logits
+            .f_argmax(-1, false)?
+            .f_eq_tensor(&targets)?
+            .f_sum(Kind::Int64)?
+            .f_int64_value(&[])?;
     }
     let n = indices.len().max(1) as f64;
     Ok((loss_sum / n, correct as f64 / n))
 }
 
-fn save_best(classifier: &mut Classifier, args: &TrainArgs, dataset: &Dataset, state: &RunState) -> Result<()> {
+fn save_best(
+    classifier: &mut Classifier,
+    args: &TrainArgs,
+    dataset: &Dataset,
+    state: &RunState,
+) -> Result<()> {
     let info = &dataset.info;
-    let command = args.record_command.clone().unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" "));
+    let command = args
+        .record_command
+        .clone()
+        .unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" "));
     let mut metrics = BTreeMap::new();
     metrics.insert("validation_loss".to_string(), state.best_validation_loss);
     if let Some(point) = state.history.last() {
@@ -402,7 +469,8 @@ fn save_best(classifier: &mut Classifier, args: &TrainArgs, dataset: &Dataset, s
     }
     classifier.mark_trained(TrainingSummary {
         data: format!(
-            "{} ({} contexts: {} train, {} validation; {} flows; N={}, stride {}, per-class cap {})",
+            "{} ({} contexts: {} train, {} validation; {} flows; N={}, stride {}, \
+             per-class cap {})",
             info.source,
             dataset.len(),
             dataset.split(TRAIN).len(),
@@ -418,8 +486,13 @@ fn save_best(classifier: &mut Classifier, args: &TrainArgs, dataset: &Dataset, s
         notes: format!(
             "best of {} epochs at epoch {} ({:.0} s so far), batch {}, Adam lr {} halved after {} \
              epochs without improvement, device {}",
-            state.epochs_done, state.best_epoch, state.seconds, args.batch, args.learning_rate,
-            args.lr_patience, args.device
+            state.epochs_done,
+            state.best_epoch,
+            state.seconds,
+            args.batch,
+            args.learning_rate,
+            args.lr_patience,
+            args.device
         ),
     });
     let precision = if args.half { Precision::F16 } else { Precision::F32 };

@@ -117,7 +117,13 @@ fn labels_through_the_so_equal_labels_through_the_rust_api() {
         let Record::Flow(flow) = record else { continue };
         let t = flow.tuple;
         let proto = if t.protocol == 6 { "TCP" } else { "UDP" };
-        let key = (t.src.to_string(), t.src_port as u64, t.dst.to_string(), t.dst_port as u64, proto.to_string());
+        let key = (
+            t.src.to_string(),
+            t.src_port as u64,
+            t.dst.to_string(),
+            t.dst_port as u64,
+            proto.to_string(),
+        );
         let prediction = flow.prediction.unwrap();
         let label = labels[prediction.label as usize].clone();
         through_rust.insert(key, (label, prediction.confidence as f64));
@@ -127,7 +133,10 @@ fn labels_through_the_so_equal_labels_through_the_rust_api() {
     for (key, (label, confidence)) in &through_rust {
         let (so_label, so_confidence) = &through_so[key];
         // Batches differ between the two runs; the numbers may differ in the last bits.
-        assert!((confidence - so_confidence).abs() < 1e-4, "{key:?}: {confidence} vs {so_confidence}");
+        assert!(
+            (confidence - so_confidence).abs() < 1e-4,
+            "{key:?}: {confidence} vs {so_confidence}"
+        );
         assert_eq!(label, so_label, "{key:?}");
     }
 }
@@ -194,11 +203,8 @@ fn unreadable_files_are_named_with_their_offset_and_the_rest_go_on() {
     let demo_bytes = std::fs::read(demo()).unwrap();
     std::fs::write(&truncated, &demo_bytes[..demo_bytes.len() / 2]).unwrap();
 
-    let (code, lines, stderr) = replay(&[
-        garbage.to_str().unwrap(),
-        truncated.to_str().unwrap(),
-        demo().to_str().unwrap(),
-    ]);
+    let (code, lines, stderr) =
+        replay(&[garbage.to_str().unwrap(), truncated.to_str().unwrap(), demo().to_str().unwrap()]);
     assert_eq!(code, 2, "some files were unreadable: {stderr}");
     assert!(stderr.contains("garbage.pcap"), "{stderr}");
     assert!(stderr.contains("truncated.pcap") && stderr.contains("byte"), "{stderr}");

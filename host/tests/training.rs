@@ -260,7 +260,8 @@ fn a_tiny_dataset_trains_better_than_chance_and_the_plugin_agrees_with_eval() {
             .unwrap();
     let history = log["history"].as_array().unwrap();
     let first = &history[0];
-    let best = history.iter().map(|p| p["validation_accuracy"].as_f64().unwrap()).fold(0.0, f64::max);
+    let best =
+        history.iter().map(|p| p["validation_accuracy"].as_f64().unwrap()).fold(0.0, f64::max);
     assert!(
         history.last().unwrap()["train_loss"].as_f64() < first["train_loss"].as_f64(),
         "training loss must fall: {history:?}"

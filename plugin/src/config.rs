@@ -229,7 +229,8 @@ impl EngineConfig {
         if self.flows.max_flows == 0 || self.flows.max_flows > MAX_FLOWS {
             return bad("flows.max_flows must be between 1 and 16777216");
         }
-        if !(self.flows.idle_timeout_secs > 0.0 && self.flows.idle_timeout_secs <= 86_400.0 * 365.0) {
+        if !(self.flows.idle_timeout_secs > 0.0 && self.flows.idle_timeout_secs <= 86_400.0 * 365.0)
+        {
             return bad("flows.idle_timeout_secs must be positive and at most a year");
         }
         if self.inference.max_batch == 0 || self.inference.max_batch > MAX_BATCH {
@@ -263,7 +264,9 @@ impl EngineConfig {
 impl PreprocessConfig {
     pub fn validate(&self) -> Result<(), Error> {
         if self.packet_bytes < 60 || self.packet_bytes > 65_535 {
-            return Err(Error::Config("preprocess.packet_bytes must be between 60 and 65535".into()));
+            return Err(Error::Config(
+                "preprocess.packet_bytes must be between 60 and 65535".into(),
+            ));
         }
         Ok(())
     }

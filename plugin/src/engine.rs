@@ -368,37 +368,35 @@ impl Engine {
         let classes = spec.labels.len();
         let context_bytes = spec.packets_per_context * preprocess.packet_bytes;
         let inference = config.inference.clone();
-        let thread = thread::Builder::new()
-            .name("combo-inference".into())
-            .spawn(move || {
-                let backend = match factory() {
-                    Ok(backend) => backend,
-                    Err(e) => {
-                        let _ = ready_sender.send(Err(e));
-                        return;
-                    }
-                };
-                let _ = ready_sender.send(Ok(()));
-                // The engine publishes its shared state right after the thread reports ready.
-                let shared = loop {
-                    if let Some(shared) = lock(&slot_for_thread).clone() {
-                        break shared;
-                    }
-                    thread::park_timeout(Duration::from_millis(1));
-                };
-                let _alive = AliveGuard(Arc::clone(&shared));
-                let mut runner = InferenceLoop {
-                    shared,
-                    backend,
-                    links: Vec::new(),
-                    link_receiver,
-                    max_batch: inference.max_batch,
-                    max_wait: Duration::from_micros(inference.max_wait_us),
-                    context_bytes,
-                    classes,
-                };
-                runner.run();
-            })?;
+        let thread = thread::Builder::new().name("combo-inference".into()).spawn(move || {
+            let backend = match factory() {
+                Ok(backend) => backend,
+                Err(e) => {
+                    let _ = ready_sender.send(Err(e));
+                    return;
+                }
+            };
+            let _ = ready_sender.send(Ok(()));
+            // The engine publishes its shared state right after the thread reports ready.
+            let shared = loop {
+                if let Some(shared) = lock(&slot_for_thread).clone() {
+                    break shared;
+                }
+                thread::park_timeout(Duration::from_millis(1));
+            };
+            let _alive = AliveGuard(Arc::clone(&shared));
+            let mut runner = InferenceLoop {
+                shared,
+                backend,
+                links: Vec::new(),
+                link_receiver,
+                max_batch: inference.max_batch,
+                max_wait: Duration::from_micros(inference.max_wait_us),
+                context_bytes,
+                classes,
+            };
+            runner.run();
+        })?;
 
         match ready_receiver.recv() {
             Ok(Ok(())) => {}
@@ -475,10 +473,7 @@ impl Drop for Engine {
 }
 
 fn describe_differences(a: &PreprocessConfig, b: &PreprocessConfig) -> String {
-    let (a, b) = (
-        toml::to_string(a).unwrap_or_default(),
-        toml::to_string(b).unwrap_or_default(),
-    );
+    let (a, b) = (toml::to_string(a).unwrap_or_default(), toml::to_string(b).unwrap_or_default());
     let differing: Vec<String> = a
         .lines()
         .zip(b.lines())
@@ -571,7 +566,8 @@ impl Worker {
         let (contexts, consumer) = HeapRb::<Job>::new(ring_capacity).split();
         let (producer, results) = HeapRb::<Job>::new(ring_capacity).split();
         let closed = Arc::new(AtomicBool::new(false));
-        let link = WorkerLink { contexts: consumer, results: producer, closed: Arc::clone(&closed) };
+        let link =
+            WorkerLink { contexts: consumer, results: producer, closed: Arc::clone(&closed) };
         let index = shared.next_worker.fetch_add(1, Ordering::Relaxed);
         shared.live_workers.fetch_add(1, Ordering::AcqRel);
         // The receiver lives as long as the inference thread, which outlives every worker.
@@ -855,7 +851,8 @@ impl Worker {
     }
 
     fn push_record(&mut self, record: Record) {
-        if !self.flushing && self.records.len() >= self.shared.config.inference.max_pending_records {
+        if !self.flushing && self.records.len() >= self.shared.config.inference.max_pending_records
+        {
             self.records.pop_front();
             self.stats.records_overflowed += 1;
         }
@@ -888,8 +885,9 @@ impl Worker {
                 continue;
             }
             match self.shared.config.inference.on_full {
-                policy if (policy == FullRingPolicy::Wait || self.flushing)
-                    && self.shared.inference_alive.load(Ordering::Acquire) =>
+                policy
+                    if (policy == FullRingPolicy::Wait || self.flushing)
+                        && self.shared.inference_alive.load(Ordering::Acquire) =>
                 {
                     self.shared.inference_thread.unpark();
                     thread::sleep(Duration::from_micros(20));
@@ -1165,7 +1163,11 @@ impl InferenceLoop {
                 finite
             }
             Ok(()) => {
-                log::warn!("model returned {} probabilities for {} contexts", probs.len(), batch.len());
+                log::warn!(
+                    "model returned {} probabilities for {} contexts",
+                    probs.len(),
+                    batch.len()
+                );
                 false
             }
             Err(e) => {
@@ -1182,7 +1184,8 @@ impl InferenceLoop {
             // Cannot fail: a worker never has more jobs out than its result ring holds.
             let _ = self.links[link].results.try_push(job);
         }
-        self.links.retain(|link| !(link.closed.load(Ordering::Acquire) && link.contexts.is_empty()));
+        self.links
+            .retain(|link| !(link.closed.load(Ordering::Acquire) && link.contexts.is_empty()));
     }
 
     fn finished(&mut self) -> bool {

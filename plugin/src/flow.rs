@@ -72,7 +72,10 @@ pub enum Entry<S> {
     Existing(u32),
     /// A new flow went into the slot; `evicted` is the flow it displaced when the table was
     /// full.
-    Inserted { slot: u32, evicted: Option<Removed<S>> },
+    Inserted {
+        slot: u32,
+        evicted: Option<Removed<S>>,
+    },
 }
 
 /// Flows keyed by [`FlowKey`], most recently seen first.
@@ -95,7 +98,10 @@ impl<S> FlowTable<S> {
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.clamp(1, NONE as usize - 1);
         Self {
-            index: HashMap::with_capacity_and_hasher(capacity.min(RESERVED_FLOWS), Default::default()),
+            index: HashMap::with_capacity_and_hasher(
+                capacity.min(RESERVED_FLOWS),
+                Default::default(),
+            ),
             slots: Vec::new(),
             free: Vec::new(),
             newest: NONE,

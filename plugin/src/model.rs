@@ -143,14 +143,9 @@ impl FromStr for Attention {
     type Err = Error;
 
     fn from_str(text: &str) -> Result<Self, Error> {
-        Self::ALL
-            .into_iter()
-            .find(|a| a.as_str() == text)
-            .ok_or_else(|| {
-                Error::Config(format!(
-                    "unknown attention '{text}': use none, sa, se or sa_se"
-                ))
-            })
+        Self::ALL.into_iter().find(|a| a.as_str() == text).ok_or_else(|| {
+            Error::Config(format!("unknown attention '{text}': use none, sa, se or sa_se"))
+        })
     }
 }
 
@@ -203,9 +198,7 @@ impl FromStr for Precision {
         match text {
             "f32" => Ok(Self::F32),
             "f16" => Ok(Self::F16),
-            _ => Err(Error::Config(format!(
-                "unknown precision '{text}': use f32 or f16"
-            ))),
+            _ => Err(Error::Config(format!("unknown precision '{text}': use f32 or f16"))),
         }
     }
 }
@@ -344,9 +337,7 @@ impl ModelCard {
                 self.packets_per_context
             ));
         }
-        self.preprocess
-            .validate()
-            .map_err(|e| Error::Model(e.to_string()))?;
+        self.preprocess.validate().map_err(|e| Error::Model(e.to_string()))?;
         check_packet_bytes(self.preprocess.packet_bytes)
     }
 
@@ -356,9 +347,7 @@ impl ModelCard {
         self.validate_architecture()?;
         self.precision()?;
         let weights = Path::new(&self.weights);
-        let stays_inside = weights
-            .components()
-            .all(|c| matches!(c, Component::Normal(_)));
+        let stays_inside = weights.components().all(|c| matches!(c, Component::Normal(_)));
         if self.weights.is_empty() || !stays_inside {
             return Err(Error::Model(format!(
                 "weights '{}' must be a file name relative to the card's folder",
@@ -371,10 +360,7 @@ impl ModelCard {
     /// The storage precision of the weights file.
     pub fn precision(&self) -> Result<Precision, Error> {
         self.precision.parse().map_err(|_| {
-            Error::Model(format!(
-                "precision '{}' is neither f32 nor f16",
-                self.precision
-            ))
+            Error::Model(format!("precision '{}' is neither f32 nor f16", self.precision))
         })
     }
 
@@ -391,15 +377,9 @@ impl ModelCard {
 
 /// The weights file name that goes with a card file: `x.card.toml` -> `x.safetensors`.
 pub fn weights_file_name(card_path: &Path) -> Result<String, Error> {
-    let file_name = card_path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| {
-            Error::Model(format!(
-                "card path {} has no UTF-8 file name",
-                card_path.display()
-            ))
-        })?;
+    let file_name = card_path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+        Error::Model(format!("card path {} has no UTF-8 file name", card_path.display()))
+    })?;
     let stem = file_name
         .strip_suffix(".card.toml")
         .or_else(|| file_name.strip_suffix(".toml"))
@@ -420,10 +400,7 @@ fn write_replacing(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 fn temporary_path(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(".tmp");
     path.with_file_name(name)
 }
@@ -514,23 +491,9 @@ impl Convolution {
         let dilation = vec![1; self.stride.len()];
         let bias = Some(&self.bias);
         if self.stride.len() == 1 {
-            xs.f_conv1d(
-                &self.weight,
-                bias,
-                &self.stride,
-                &self.padding,
-                &dilation,
-                1,
-            )
+            xs.f_conv1d(&self.weight, bias, &self.stride, &self.padding, &dilation, 1)
         } else {
-            xs.f_conv2d(
-                &self.weight,
-                bias,
-                &self.stride,
-                &self.padding,
-                &dilation,
-                1,
-            )
+            xs.f_conv2d(&self.weight, bias, &self.stride, &self.padding, &dilation, 1)
         }
     }
 }
@@ -559,10 +522,7 @@ impl Dense {
 /// the weights and the biases alike.
 fn default_init(fan_in: i64) -> Init {
     let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
-    Init::Uniform {
-        lo: -bound,
-        up: bound,
-    }
+    Init::Uniform { lo: -bound, up: bound }
 }
 
 /// Spatial attention: weighs each position by what all channels say about it.
@@ -576,9 +536,7 @@ impl SpatialAttention {
         let kernel = vec![SPATIAL_KERNEL; dims];
         let padding = vec![SPATIAL_KERNEL / 2; dims];
         let stride = vec![1; dims];
-        Ok(Self {
-            conv: Convolution::new(p, 2, 1, &kernel, &stride, &padding)?,
-        })
+        Ok(Self { conv: Convolution::new(p, 2, 1, &kernel, &stride, &padding)? })
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor, TchError> {
@@ -682,14 +640,10 @@ impl ComboNet {
         let (conv1_width, conv2_width) = feature_widths(packet_bytes)?;
         // 1024 packets or classes is far beyond any use, and keeps the sizes in i64.
         if !(1..=1024).contains(&packets) {
-            return Err(Error::Model(format!(
-                "packets per context {packets} not in 1..=1024"
-            )));
+            return Err(Error::Model(format!("packets per context {packets} not in 1..=1024")));
         }
         if !(1..=1024).contains(&classes) {
-            return Err(Error::Model(format!(
-                "class count {classes} not in 1..=1024"
-            )));
+            return Err(Error::Model(format!("class count {classes} not in 1..=1024")));
         }
         let n = packets as i64;
         let flat = CONV2_FILTERS * conv2_width as i64;
@@ -808,11 +762,7 @@ impl ComboNet {
 
         // Classify.
         let flat = context.f_flatten(1, -1)?;
-        let hidden = self
-            .hidden
-            .forward(&flat)?
-            .f_relu()?
-            .f_dropout(DROPOUT, train)?;
+        let hidden = self.hidden.forward(&flat)?.f_relu()?.f_dropout(DROPOUT, train)?;
         Ok(self.output.forward(&hidden)?)
     }
 }
@@ -858,9 +808,7 @@ pub fn scale_bytes(
     packet_bytes: usize,
     device: Device,
 ) -> Result<Tensor, Error> {
-    let expected = batch
-        .checked_mul(packets)
-        .and_then(|n| n.checked_mul(packet_bytes));
+    let expected = batch.checked_mul(packets).and_then(|n| n.checked_mul(packet_bytes));
     if expected != Some(raw.len()) {
         return Err(Error::Mismatch(format!(
             "{} bytes given for {batch} contexts of {packets} packets of {packet_bytes} bytes",
@@ -868,14 +816,9 @@ pub fn scale_bytes(
         )));
     }
     let shape = [batch, packets, packet_bytes].map(|d| d as i64);
-    let bytes = Tensor::f_from_slice(raw)?
-        .f_to_device(device)?
-        .f_reshape(shape)?;
-    let scaled = bytes
-        .f_to_kind(Kind::Float)?
-        .f_mul_scalar(2.0)?
-        .f_div_scalar(255.0)?
-        .f_sub_scalar(1.0)?;
+    let bytes = Tensor::f_from_slice(raw)?.f_to_device(device)?.f_reshape(shape)?;
+    let scaled =
+        bytes.f_to_kind(Kind::Float)?.f_mul_scalar(2.0)?.f_div_scalar(255.0)?.f_sub_scalar(1.0)?;
     Ok(scaled)
 }
 
@@ -949,12 +892,7 @@ impl Classifier {
             card.attention,
             card.parameters
         );
-        Ok(Self {
-            card,
-            var_store,
-            net,
-            device,
-        })
+        Ok(Self { card, var_store, net, device })
     }
 
     /// Reads the card at `card_path`, then the weights file it names (relative to the card's
@@ -983,18 +921,9 @@ impl Classifier {
             card.packets_per_context,
             card.attention,
             card.classes(),
-            if card.random_weights {
-                ", random weights"
-            } else {
-                ""
-            },
+            if card.random_weights { ", random weights" } else { "" },
         );
-        Ok(Self {
-            card,
-            var_store,
-            net,
-            device,
-        })
+        Ok(Self { card, var_store, net, device })
     }
 
     /// Writes the weights as `<stem>.safetensors` next to `card_path` (`x.card.toml` ->
@@ -1012,11 +941,7 @@ impl Classifier {
         // Weights first: a card never names a file that is not there yet.
         save_weights(&self.var_store, &weights_path, precision)?;
         card.save(card_path)?;
-        log::debug!(
-            "saved model '{}' to {} ({precision})",
-            card.name,
-            card_path.display()
-        );
+        log::debug!("saved model '{}' to {} ({precision})", card.name, card_path.display());
         Ok(())
     }
 
@@ -1076,10 +1001,7 @@ impl Classifier {
         // No autograd graph: inference only, and it halves the memory.
         let _no_grad = tch::no_grad_guard();
         let logits = self.net.f_forward_t(&xs, false)?;
-        let rows = logits
-            .f_softmax(-1, Kind::Float)?
-            .f_to_device(Device::Cpu)?
-            .f_contiguous()?;
+        let rows = logits.f_softmax(-1, Kind::Float)?.f_to_device(Device::Cpu)?.f_contiguous()?;
 
         let values = batch * self.net.classes;
         probs.resize(values, 0.0);
@@ -1102,11 +1024,7 @@ fn build(card: &ModelCard, device: Device) -> Result<(nn::VarStore, ComboNet), E
 }
 
 fn count_parameters(var_store: &nn::VarStore) -> u64 {
-    var_store
-        .variables()
-        .values()
-        .map(|t| t.numel() as u64)
-        .sum()
+    var_store.variables().values().map(|t| t.numel() as u64).sum()
 }
 
 /// The variables sorted by name, so files and random draws do not depend on hash order.
@@ -1121,16 +1039,12 @@ fn sorted_variables(var_store: &nn::VarStore) -> Vec<(String, Tensor)> {
 /// from it would make `manual_seed` + init non-reproducible.
 fn fill_deterministic(var_store: &nn::VarStore, seed: i64) -> Result<(), Error> {
     let variables = sorted_variables(var_store);
-    let shapes: HashMap<&str, Vec<i64>> = variables
-        .iter()
-        .map(|(name, t)| (name.as_str(), t.size()))
-        .collect();
+    let shapes: HashMap<&str, Vec<i64>> =
+        variables.iter().map(|(name, t)| (name.as_str(), t.size())).collect();
     let _no_grad = tch::no_grad_guard();
     for (name, tensor) in &variables {
         // A bias takes the bound of its layer's weight.
-        let weight_name = name
-            .strip_suffix("bias")
-            .map(|layer| format!("{layer}weight"));
+        let weight_name = name.strip_suffix("bias").map(|layer| format!("{layer}weight"));
         let weight_shape = weight_name.as_deref().and_then(|w| shapes.get(w));
         let shape = weight_shape.cloned().unwrap_or_else(|| tensor.size());
         let fan_in: i64 = shape.iter().skip(1).product();
@@ -1237,9 +1151,7 @@ fn load_weights(var_store: &nn::VarStore, path: &Path, precision: Precision) -> 
                 variable.size()
             )));
         }
-        let kind = tensor
-            .f_kind()
-            .map_err(|e| bad(format!("tensor '{name}': {e}")))?;
+        let kind = tensor.f_kind().map_err(|e| bad(format!("tensor '{name}': {e}")))?;
         if kind != precision.kind() {
             return Err(bad(format!(
                 "tensor '{name}' is stored as {kind:?}, the card says {precision}"
@@ -1263,9 +1175,7 @@ fn load_weights(var_store: &nn::VarStore, path: &Path, precision: Precision) -> 
     let _no_grad = tch::no_grad_guard();
     for (name, variable) in variables {
         if let Some(tensor) = stored.get(&name) {
-            let source = tensor
-                .f_to_kind(Kind::Float)
-                .map_err(|e| bad(e.to_string()))?;
+            let source = tensor.f_to_kind(Kind::Float).map_err(|e| bad(e.to_string()))?;
             variable
                 .shallow_clone()
                 .f_copy_(&source)
@@ -1288,12 +1198,19 @@ mod tests {
             let store = nn::VarStore::new(Device::Cpu);
             let net = ComboNet::try_new(&store.root(), packets, 1500, Attention::SaSe, 4).unwrap();
             let (batch, n) = (3i64, packets as i64);
-            let stacked =
-                Tensor::randn([batch, n, CONV1_FILTERS, net.conv1_width as i64], (Kind::Float, Device::Cpu));
+            let stacked = Tensor::randn(
+                [batch, n, CONV1_FILTERS, net.conv1_width as i64],
+                (Kind::Float, Device::Cpu),
+            );
             let fast = net.context_convolution(&stacked, batch).unwrap();
-            let reference = stacked
-                .permute([0, 2, 1, 3])
-                .conv2d(&net.conv2.weight, Some(&net.conv2.bias), [1, 3], [0, 0], [1, 1], 1);
+            let reference = stacked.permute([0, 2, 1, 3]).conv2d(
+                &net.conv2.weight,
+                Some(&net.conv2.bias),
+                [1, 3],
+                [0, 0],
+                [1, 1],
+                1,
+            );
             assert_eq!(fast.size(), reference.size());
             let difference = (fast - reference).abs().max().double_value(&[]);
             assert!(difference < 1e-3, "N={packets}: largest difference {difference}");

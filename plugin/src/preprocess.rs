@@ -51,7 +51,10 @@ pub fn filter(packet: &Packet<'_>, config: &PreprocessConfig) -> Option<Filter> 
     if config.skip_dns && either(&|port| DNS_PORTS.contains(&port)) {
         return Some(Filter::Dns);
     }
-    if config.skip_ntp && matches!(packet.transport, Transport::Udp { .. }) && either(&|port| port == NTP_PORT) {
+    if config.skip_ntp
+        && matches!(packet.transport, Transport::Udp { .. })
+        && either(&|port| port == NTP_PORT)
+    {
         return Some(Filter::Ntp);
     }
     if config.skip_netbios && either(&|port| NETBIOS_PORTS.contains(&port)) {

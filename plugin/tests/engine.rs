@@ -46,10 +46,7 @@ impl Flow {
     /// The `i`-th of many distinct flows.
     fn numbered(i: u32) -> Self {
         let client = Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8);
-        Self {
-            client: (client, 20_000 + (i % 40_000) as u16),
-            server: (SERVER, 443),
-        }
+        Self { client: (client, 20_000 + (i % 40_000) as u16), server: (SERVER, 443) }
     }
 
     /// A data packet from the client whose payload starts with `marker`.
@@ -79,13 +76,7 @@ impl Flow {
 
     fn reversed_tuple(&self) -> FiveTuple {
         let t = self.tuple();
-        FiveTuple {
-            src: t.dst,
-            dst: t.src,
-            src_port: t.dst_port,
-            dst_port: t.src_port,
-            ..t
-        }
+        FiveTuple { src: t.dst, dst: t.src, src_port: t.dst_port, dst_port: t.src_port, ..t }
     }
 }
 
@@ -106,12 +97,7 @@ fn feed(worker: &mut Worker, frame: &[u8], ts_nanos: u64, tag: u64) -> Outcome {
 /// `start`, tagged with their marker.
 fn feed_flow(worker: &mut Worker, flow: &Flow, packets: u8, start: u64) {
     for marker in 1..=packets {
-        let outcome = feed(
-            worker,
-            &flow.up(marker),
-            start + u64::from(marker) * MS,
-            marker.into(),
-        );
+        let outcome = feed(worker, &flow.up(marker), start + u64::from(marker) * MS, marker.into());
         assert_eq!(outcome, Outcome::Accepted);
     }
 }
@@ -169,9 +155,7 @@ fn factory(backend: impl Backend + Send + 'static) -> BackendFactory {
 
 /// The marker (first payload byte) of each of the `n` packets of a context.
 fn markers(context: &[u8], n: usize) -> Vec<u8> {
-    (0..n)
-        .map(|k| context[k * PACKET_BYTES + MARKER_OFFSET])
-        .collect()
+    (0..n).map(|k| context[k * PACKET_BYTES + MARKER_OFFSET]).collect()
 }
 
 /// Deterministic probabilities of a context, from the marker `m` of its first packet:
@@ -208,10 +192,7 @@ impl Backend for RecordingBackend {
 
 fn recording(n: usize) -> (BackendFactory, Seen) {
     let seen = Seen::default();
-    let backend = RecordingBackend {
-        seen: Arc::clone(&seen),
-        context_bytes: n * PACKET_BYTES,
-    };
+    let backend = RecordingBackend { seen: Arc::clone(&seen), context_bytes: n * PACKET_BYTES };
     (factory(backend), seen)
 }
 
@@ -237,28 +218,18 @@ impl Backend for UniformBackend {
 }
 
 fn uniform(delay: Duration) -> BackendFactory {
-    factory(UniformBackend {
-        delay,
-        calls: Arc::default(),
-    })
+    factory(UniformBackend { delay, calls: Arc::default() })
 }
 
 fn assert_close(actual: f32, expected: f32, what: &str) {
-    assert!(
-        (actual - expected).abs() < 1e-5,
-        "{what}: {actual} != {expected}"
-    );
+    assert!((actual - expected).abs() < 1e-5, "{what}: {actual} != {expected}");
 }
 
 /// The counters that must add up once a worker is flushed.
 fn assert_balanced(stats: &Stats) {
     let skipped: u64 = stats.skipped.iter().sum();
     let filtered: u64 = stats.filtered.iter().sum();
-    assert_eq!(
-        stats.packets,
-        stats.accepted + skipped + filtered,
-        "packets: {stats:?}"
-    );
+    assert_eq!(stats.packets, stats.accepted + skipped + filtered, "packets: {stats:?}");
     assert_eq!(
         stats.contexts,
         stats.contexts_classified + stats.contexts_dropped + stats.contexts_failed,
@@ -321,9 +292,7 @@ fn twelve_packets_make_two_contexts_and_one_flow_verdict() {
 
     // The flow: the mean of [0.49/3, 0.51, 0.49/3, 0.49/3] and [0.44/3, 0.44/3, 0.56, 0.44/3]
     // = [0.155, 0.328333, 0.361667, 0.155].
-    let prediction = verdict
-        .prediction
-        .expect("classified flow has a prediction");
+    let prediction = verdict.prediction.expect("classified flow has a prediction");
     assert_eq!(prediction.label, 2);
     assert_close(prediction.confidence, 0.361_667, "flow confidence");
     let top = prediction.top();
@@ -337,10 +306,7 @@ fn twelve_packets_make_two_contexts_and_one_flow_verdict() {
     assert_eq!(verdict.packets, 12);
     assert_eq!(verdict.end, FlowEnd::Flushed);
     assert_eq!(verdict.user_tag, 112);
-    assert_eq!(
-        (verdict.first_ts_nanos, verdict.last_ts_nanos),
-        (MS, 12 * MS)
-    );
+    assert_eq!((verdict.first_ts_nanos, verdict.last_ts_nanos), (MS, 12 * MS));
     assert_eq!(verdict.tuple, flow.tuple());
 
     let stats = worker.stats();
@@ -363,12 +329,7 @@ fn one_flow(config: EngineConfig, n: usize, packets: u8) -> (Vec<Vec<u8>>, Vec<C
     assert_eq!(flows.len(), 1);
     assert_eq!(flows[0].packets, u64::from(packets));
     assert_eq!(flows[0].contexts as usize, contexts.len());
-    let seen = seen
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|context| markers(context, n))
-        .collect();
+    let seen = seen.lock().unwrap().iter().map(|context| markers(context, n)).collect();
     (seen, contexts)
 }
 
@@ -442,14 +403,8 @@ fn both_directions_share_one_flow_reported_as_first_seen() {
         } else {
             (a.down(marker), b.up(marker + 10))
         };
-        assert_eq!(
-            feed(&mut worker, &frame_a, u64::from(marker) * MS, 0),
-            Outcome::Accepted
-        );
-        assert_eq!(
-            feed(&mut worker, &frame_b, u64::from(marker) * MS, 0),
-            Outcome::Accepted
-        );
+        assert_eq!(feed(&mut worker, &frame_a, u64::from(marker) * MS, 0), Outcome::Accepted);
+        assert_eq!(feed(&mut worker, &frame_b, u64::from(marker) * MS, 0), Outcome::Accepted);
     }
     assert_eq!(worker.flows(), 2);
     let (contexts, flows) = finish(&mut worker);
@@ -458,14 +413,8 @@ fn both_directions_share_one_flow_reported_as_first_seen() {
     assert_eq!(seen, [[1, 2, 3, 4], [11, 12, 13, 14]]);
     assert_eq!(contexts.len(), 2);
     assert_eq!(flows.len(), 2);
-    let flow_a = flows
-        .iter()
-        .find(|f| f.tuple == a.tuple())
-        .expect("flow A as opened");
-    let flow_b = flows
-        .iter()
-        .find(|f| f.tuple == b.reversed_tuple())
-        .expect("flow B as opened");
+    let flow_a = flows.iter().find(|f| f.tuple == a.tuple()).expect("flow A as opened");
+    let flow_b = flows.iter().find(|f| f.tuple == b.reversed_tuple()).expect("flow B as opened");
     assert_eq!((flow_a.packets, flow_b.packets), (4, 4));
     assert_eq!(contexts[0].tuple, a.tuple());
     assert_eq!(contexts[1].tuple, b.reversed_tuple());
@@ -591,19 +540,13 @@ fn full_ring_drops_contexts_without_blocking() {
     let (entered_sender, entered) = mpsc::channel();
     let (release, gate) = mpsc::channel::<()>();
     let finished = Arc::new(AtomicUsize::new(0));
-    let backend = GatedBackend {
-        entered: entered_sender,
-        gate,
-        finished: Arc::clone(&finished),
-    };
+    let backend = GatedBackend { entered: entered_sender, gate, finished: Arc::clone(&finished) };
     let engine = start(config, 2, factory(backend));
     let mut worker = engine.worker();
 
     // The first context reaches the backend, which then holds it.
     feed_flow(&mut worker, &Flow::numbered(0), 2, 0);
-    entered
-        .recv_timeout(PATIENCE)
-        .expect("the backend receives the first context");
+    entered.recv_timeout(PATIENCE).expect("the backend receives the first context");
 
     // One more context fits the ring; the other nine find every job in flight.
     let started = Instant::now();
@@ -611,15 +554,8 @@ fn full_ring_drops_contexts_without_blocking() {
         feed_flow(&mut worker, &Flow::numbered(i), 2, u64::from(i) * 10 * MS);
     }
     let elapsed = started.elapsed();
-    assert_eq!(
-        finished.load(Ordering::SeqCst),
-        0,
-        "process() returned before the backend did"
-    );
-    assert!(
-        elapsed < Duration::from_secs(1),
-        "process() blocked for {elapsed:?}"
-    );
+    assert_eq!(finished.load(Ordering::SeqCst), 0, "process() returned before the backend did");
+    assert!(elapsed < Duration::from_secs(1), "process() blocked for {elapsed:?}");
     let stats = worker.stats();
     assert_eq!(stats.contexts, 11);
     assert_eq!(stats.contexts_dropped, 9);
@@ -702,11 +638,7 @@ fn assert_all_failed(factory: BackendFactory) {
     assert_eq!(stats.contexts_classified, 0);
     assert!(contexts.is_empty());
     assert_eq!(flows.len(), 3);
-    assert!(
-        flows
-            .iter()
-            .all(|f| f.prediction.is_none() && f.contexts == 0)
-    );
+    assert!(flows.iter().all(|f| f.prediction.is_none() && f.contexts == 0));
 }
 
 #[test]
@@ -752,14 +684,8 @@ fn panicking_backend_fails_one_batch_and_keeps_working() {
     let (contexts, flows) = finish(&mut worker);
     assert_eq!(contexts.len(), 1);
     assert_eq!(contexts[0].tuple, Flow::numbered(1).tuple());
-    let first = flows
-        .iter()
-        .find(|f| f.tuple == Flow::numbered(0).tuple())
-        .unwrap();
-    let second = flows
-        .iter()
-        .find(|f| f.tuple == Flow::numbered(1).tuple())
-        .unwrap();
+    let first = flows.iter().find(|f| f.tuple == Flow::numbered(0).tuple()).unwrap();
+    let second = flows.iter().find(|f| f.tuple == Flow::numbered(1).tuple()).unwrap();
     assert_eq!(first.prediction, None);
     assert!(second.prediction.is_some());
     assert_balanced(&worker.stats());
@@ -816,17 +742,8 @@ fn flow_table_is_bounded_and_evicts_the_oldest() {
     // Even flows fill a context, odd ones are short and get a padded one when they end.
     for i in 0..10u32 {
         let packets = if i % 2 == 0 { 2 } else { 1 };
-        feed_flow(
-            &mut worker,
-            &Flow::numbered(i),
-            packets,
-            u64::from(i) * 10 * MS,
-        );
-        assert!(
-            worker.flows() <= 4,
-            "{} flows after flow {i}",
-            worker.flows()
-        );
+        feed_flow(&mut worker, &Flow::numbered(i), packets, u64::from(i) * 10 * MS);
+        assert!(worker.flows() <= 4, "{} flows after flow {i}", worker.flows());
     }
     assert_eq!(worker.stats().flows_evicted, 6);
     let (_, flows) = finish(&mut worker);
@@ -834,23 +751,13 @@ fn flow_table_is_bounded_and_evicts_the_oldest() {
     assert_eq!(flows.len(), 10);
     for i in 0..10u32 {
         let tuple = Flow::numbered(i).tuple();
-        let flow = flows
-            .iter()
-            .find(|f| f.tuple == tuple)
-            .expect("every flow reports");
-        let expected = if i < 6 {
-            FlowEnd::Evicted
-        } else {
-            FlowEnd::Flushed
-        };
+        let flow = flows.iter().find(|f| f.tuple == tuple).expect("every flow reports");
+        let expected = if i < 6 { FlowEnd::Evicted } else { FlowEnd::Flushed };
         assert_eq!(flow.end, expected, "flow {i}");
         assert!(flow.prediction.is_some(), "flow {i} was classified");
     }
     let stats = worker.stats();
-    assert_eq!(
-        (stats.flows, stats.flows_ended, stats.flows_evicted),
-        (10, 10, 6)
-    );
+    assert_eq!((stats.flows, stats.flows_ended, stats.flows_evicted), (10, 10, 6));
     assert_eq!(stats.short_flows_padded, 5);
     assert_balanced(&stats);
 }
@@ -972,16 +879,10 @@ fn pending_records_are_bounded_and_the_oldest_dropped_but_flush_keeps_all() {
 #[test]
 fn preprocess_must_match_the_model() {
     let mut config = config();
-    config.preprocess = Some(PreprocessConfig {
-        mask_ports: true,
-        ..PreprocessConfig::default()
-    });
+    config.preprocess = Some(PreprocessConfig { mask_ports: true, ..PreprocessConfig::default() });
     match Engine::with_backend(config.clone(), spec(2), uniform(Duration::ZERO)) {
         Err(Error::Mismatch(message)) => {
-            assert!(
-                message.contains("mask_ports"),
-                "message names the field: {message}"
-            )
+            assert!(message.contains("mask_ports"), "message names the field: {message}")
         }
         Err(other) => panic!("wrong error: {other}"),
         Ok(_) => panic!("a mismatched engine started"),
@@ -1034,54 +935,18 @@ fn counters_add_up_on_a_mix_of_packets() {
 
     let cases: Vec<(Vec<u8>, LinkType, Outcome)> = vec![
         (flow.up(1), LinkType::ETHERNET, Outcome::Accepted),
-        (
-            arp_frame(),
-            LinkType::ETHERNET,
-            Outcome::Skipped(Skip::NonIp),
-        ),
+        (arp_frame(), LinkType::ETHERNET, Outcome::Skipped(Skip::NonIp)),
         (flow.up(2), LinkType::ETHERNET, Outcome::Accepted),
-        (
-            truncated,
-            LinkType::ETHERNET,
-            Outcome::Skipped(Skip::Truncated),
-        ),
-        (
-            bad_header_frame(&flow),
-            LinkType::ETHERNET,
-            Outcome::Skipped(Skip::BadHeader),
-        ),
-        (
-            fragment_frame(client, flow.server),
-            LinkType::ETHERNET,
-            Outcome::Skipped(Skip::Fragment),
-        ),
-        (
-            icmp_frame(client.0, SERVER),
-            LinkType::ETHERNET,
-            Outcome::Skipped(Skip::OtherTransport),
-        ),
-        (
-            flow.up(3),
-            unsupported,
-            Outcome::Skipped(Skip::UnsupportedLink),
-        ),
+        (truncated, LinkType::ETHERNET, Outcome::Skipped(Skip::Truncated)),
+        (bad_header_frame(&flow), LinkType::ETHERNET, Outcome::Skipped(Skip::BadHeader)),
+        (fragment_frame(client, flow.server), LinkType::ETHERNET, Outcome::Skipped(Skip::Fragment)),
+        (icmp_frame(client.0, SERVER), LinkType::ETHERNET, Outcome::Skipped(Skip::OtherTransport)),
+        (flow.up(3), unsupported, Outcome::Skipped(Skip::UnsupportedLink)),
         (dns, LinkType::ETHERNET, Outcome::Filtered(Filter::Dns)),
         (ntp, LinkType::ETHERNET, Outcome::Filtered(Filter::Ntp)),
-        (
-            netbios,
-            LinkType::ETHERNET,
-            Outcome::Filtered(Filter::Netbios),
-        ),
-        (
-            flow.bare_ack(),
-            LinkType::ETHERNET,
-            Outcome::Filtered(Filter::EmptyTcp),
-        ),
-        (
-            flow.bare_ack(),
-            LinkType::ETHERNET,
-            Outcome::Filtered(Filter::EmptyTcp),
-        ),
+        (netbios, LinkType::ETHERNET, Outcome::Filtered(Filter::Netbios)),
+        (flow.bare_ack(), LinkType::ETHERNET, Outcome::Filtered(Filter::EmptyTcp)),
+        (flow.bare_ack(), LinkType::ETHERNET, Outcome::Filtered(Filter::EmptyTcp)),
         (flow.up(3), LinkType::ETHERNET, Outcome::Accepted),
     ];
     for (i, (frame, link, expected)) in cases.iter().enumerate() {
@@ -1106,14 +971,7 @@ fn counters_add_up_on_a_mix_of_packets() {
     assert_eq!(stats.filtered(Filter::EmptyTcp), 2);
     assert_balanced(&stats);
     // The four accepted packets form one short, padded flow.
-    assert_eq!(
-        (
-            stats.flows,
-            stats.short_flows_padded,
-            stats.contexts_classified
-        ),
-        (1, 1, 1)
-    );
+    assert_eq!((stats.flows, stats.short_flows_padded, stats.contexts_classified), (1, 1, 1));
     assert_eq!(contexts.len(), 1);
     assert_eq!(contexts[0].packets, 4);
     assert_eq!(flows.len(), 1);
@@ -1158,10 +1016,7 @@ fn several_workers_on_several_threads() {
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("worker thread"))
-            .collect()
+        handles.into_iter().map(|h| h.join().expect("worker thread")).collect()
     });
 
     let mut sum = Stats::default();
@@ -1215,10 +1070,7 @@ fn engine_stats_never_go_back_while_workers_retire() {
         }
         (backwards, writer.join().expect("writer thread"))
     });
-    assert_eq!(
-        backwards, 0,
-        "engine.stats().packets went down after {retired} workers"
-    );
+    assert_eq!(backwards, 0, "engine.stats().packets went down after {retired} workers");
     assert_eq!(engine.stats().packets, u64::from(retired));
     assert!(started.elapsed() < Duration::from_secs(5));
 }
@@ -1288,10 +1140,7 @@ fn engine_drops_cleanly_with_and_without_work() {
         }
         drop(worker);
         let stats = engine.stats();
-        assert_eq!(
-            stats.contexts_classified, 4,
-            "the worker waited for its jobs"
-        );
+        assert_eq!(stats.contexts_classified, 4, "the worker waited for its jobs");
         drop(engine);
     });
 }

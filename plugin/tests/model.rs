@@ -28,13 +28,7 @@ const PAPER_PARAMETERS: [(usize, f64); 3] = [(1, 3.55e6), (3, 3.87e6), (5, 4.19e
 
 fn service_card(packets: usize, attention: Attention) -> ModelCard {
     let labels = SERVICE_LABELS.iter().map(|l| l.to_string()).collect();
-    ModelCard::new(
-        "service-test",
-        labels,
-        packets,
-        attention,
-        PreprocessConfig::default(),
-    )
+    ModelCard::new("service-test", labels, packets, attention, PreprocessConfig::default())
 }
 
 /// A fresh, empty folder for one test's files, removed when the test ends (the models are
@@ -74,10 +68,7 @@ fn sample_bytes(len: usize, seed: u32) -> Vec<u8> {
 }
 
 fn context_bytes(card: &ModelCard, batch: usize, seed: u32) -> Vec<u8> {
-    sample_bytes(
-        batch * card.packets_per_context * card.preprocess.packet_bytes,
-        seed,
-    )
+    sample_bytes(batch * card.packets_per_context * card.preprocess.packet_bytes, seed)
 }
 
 fn predict(classifier: &Classifier, raw: &[u8], batch: usize) -> Vec<f32> {
@@ -100,32 +91,18 @@ fn parameter_counts_are_near_the_papers() {
         for attention in Attention::ALL {
             let var_store = nn::VarStore::new(Device::Cpu);
             let _net = ComboNet::new(&var_store.root(), packets, 1500, attention, 12);
-            let count: i64 = var_store
-                .variables()
-                .values()
-                .map(|t| t.numel() as i64)
-                .sum();
+            let count: i64 = var_store.variables().values().map(|t| t.numel() as i64).sum();
 
             // Convolution II grows by 200 * 200 * 3 weights per packet; SA adds 15 + 99,
             // SE a 200 -> 12 -> 200 MLP.
             let spatial = if attention.spatial() { 15 + 99 } else { 0 };
-            let channel = if attention.channel() {
-                200 * 12 + 12 + 12 * 200 + 200
-            } else {
-                0
-            };
+            let channel = if attention.channel() { 200 * 12 + 12 + 12 * 200 + 200 } else { 0 };
             let expected = 3_442_712 + 120_000 * (packets as i64 - 1) + spatial + channel;
             assert_eq!(count, expected, "N={packets} {attention}");
 
             let off = (count as f64 - paper).abs() / paper;
-            assert!(
-                off < 0.25,
-                "N={packets} {attention}: {count} is {off:.3} off the paper"
-            );
-            row += &format!(
-                " {count} ({:+.1} %) |",
-                (count as f64 / paper - 1.0) * 100.0
-            );
+            assert!(off < 0.25, "N={packets} {attention}: {count} is {off:.3} off the paper");
+            row += &format!(" {count} ({:+.1} %) |", (count as f64 / paper - 1.0) * 100.0);
         }
         println!("{row}");
     }
@@ -138,11 +115,7 @@ fn forward_gives_one_row_of_logits_per_context() {
             let var_store = nn::VarStore::new(Device::Cpu);
             let net = ComboNet::new(&var_store.root(), packets, 1500, attention, 17);
             let xs = Tensor::rand([2, packets as i64, 1500], (Kind::Float, Device::Cpu)) * 2 - 1;
-            assert_eq!(
-                net.forward_t(&xs, false).size(),
-                [2, 17],
-                "N={packets} {attention}"
-            );
+            assert_eq!(net.forward_t(&xs, false).size(), [2, 17], "N={packets} {attention}");
             let logits = nn::ModuleT::forward_t(&net, &xs, true);
             assert_eq!(logits.size(), [2, 17], "train N={packets} {attention}");
         }
@@ -173,10 +146,7 @@ fn forward_refuses_a_wrong_input_shape() {
     let var_store = nn::VarStore::new(Device::Cpu);
     let net = ComboNet::new(&var_store.root(), 3, 1500, Attention::None, 12);
     let xs = Tensor::zeros([2, 5, 1500], (Kind::Float, Device::Cpu));
-    assert!(matches!(
-        net.f_forward_t(&xs, false),
-        Err(Error::Mismatch(_))
-    ));
+    assert!(matches!(net.f_forward_t(&xs, false), Err(Error::Mismatch(_))));
 }
 
 #[test]
@@ -186,10 +156,7 @@ fn scaling_maps_bytes_onto_minus_one_to_one() {
     assert_eq!(xs.kind(), Kind::Float);
     let values = Vec::<f32>::try_from(xs.flatten(0, -1)).unwrap();
     assert_eq!(values, [-1.0, 1.0, -0.6, 0.6]);
-    assert!(matches!(
-        scale_bytes(&[0; 5], 2, 1, 2, Device::Cpu),
-        Err(Error::Mismatch(_))
-    ));
+    assert!(matches!(scale_bytes(&[0; 5], 2, 1, 2, Device::Cpu), Err(Error::Mismatch(_))));
 }
 
 #[test]
@@ -209,11 +176,7 @@ fn predict_gives_deterministic_probabilities() {
         assert!((sum - 1.0).abs() < 1e-5, "row sums to {sum}");
         assert!(row.iter().all(|p| (0.0..=1.0).contains(p)));
     }
-    assert_eq!(
-        predict(&classifier, &raw, batch),
-        probs,
-        "same input, same output"
-    );
+    assert_eq!(predict(&classifier, &raw, batch), probs, "same input, same output");
 
     // The seed alone fixes the weights.
     let twin = Classifier::new_random(card.clone(), Device::Cpu, 7).unwrap();
@@ -278,15 +241,9 @@ fn f16_refuses_weights_beyond_its_range() {
         let mut bias = classifier.var_store().variables()["output.bias"].shallow_clone();
         let _ = bias.fill_(1e5);
     });
-    let message = classifier
-        .save(&card_path, Precision::F16)
-        .unwrap_err()
-        .to_string();
+    let message = classifier.save(&card_path, Precision::F16).unwrap_err().to_string();
     assert!(message.contains("output.bias"), "{message}");
-    assert!(
-        !card_path.exists(),
-        "no card for a model that was not saved"
-    );
+    assert!(!card_path.exists(), "no card for a model that was not saved");
     classifier.save(&card_path, Precision::F32).unwrap();
 }
 
@@ -306,14 +263,9 @@ fn f16_weights_round_trip_close() {
     original.save(&card_path, Precision::F16).unwrap();
 
     // About half the bytes of f32.
-    let bytes = std::fs::metadata(dir.join("app.safetensors"))
-        .unwrap()
-        .len();
+    let bytes = std::fs::metadata(dir.join("app.safetensors")).unwrap().len();
     let f32_bytes = original.parameter_count() * 4;
-    assert!(
-        bytes < f32_bytes * 6 / 10,
-        "{bytes} bytes for {f32_bytes} in f32"
-    );
+    assert!(bytes < f32_bytes * 6 / 10, "{bytes} bytes for {f32_bytes} in f32");
 
     let loaded = Classifier::load(&card_path, Device::Cpu).unwrap();
     assert_eq!(loaded.card().precision, "f16");
@@ -323,11 +275,7 @@ fn f16_weights_round_trip_close() {
 
     let raw = context_bytes(&card, 8, 5);
     let (exact, rounded) = (predict(&original, &raw, 8), predict(&loaded, &raw, 8));
-    let worst = exact
-        .iter()
-        .zip(&rounded)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max);
+    let worst = exact.iter().zip(&rounded).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
     println!("f16 storage moves probabilities by at most {worst:e}");
     assert!(worst < 1e-2);
 }
@@ -354,10 +302,7 @@ fn card_round_trips_through_toml() {
     // The training summary may be left out.
     let short = text.split("[training]").next().unwrap();
     std::fs::write(&path, short).unwrap();
-    assert_eq!(
-        ModelCard::load(&path).unwrap().training,
-        TrainingSummary::default()
-    );
+    assert_eq!(ModelCard::load(&path).unwrap().training, TrainingSummary::default());
 }
 
 #[test]
@@ -366,22 +311,14 @@ fn a_card_for_a_new_model_needs_no_file_fields() {
     card.precision = String::new();
     let classifier = Classifier::new_random(card, Device::Cpu, 1).unwrap();
     let dir = scratch_dir("fresh");
-    classifier
-        .save(&dir.join("fresh.card.toml"), Precision::F16)
-        .unwrap();
+    classifier.save(&dir.join("fresh.card.toml"), Precision::F16).unwrap();
     let loaded = ModelCard::load(&dir.join("fresh.card.toml")).unwrap();
-    assert_eq!(
-        (loaded.weights.as_str(), loaded.precision.as_str()),
-        ("fresh.safetensors", "f16")
-    );
+    assert_eq!((loaded.weights.as_str(), loaded.precision.as_str()), ("fresh.safetensors", "f16"));
 }
 
 #[test]
 fn attention_names() {
-    for (attention, name) in Attention::ALL
-        .into_iter()
-        .zip(["none", "sa", "se", "sa_se"])
-    {
+    for (attention, name) in Attention::ALL.into_iter().zip(["none", "sa", "se", "sa_se"]) {
         assert_eq!(attention.to_string(), name);
         assert_eq!(name.parse::<Attention>().unwrap(), attention);
     }
@@ -399,41 +336,29 @@ fn load_refuses_weights_of_another_shape() {
     let dir = scratch_dir("shape");
     let card_path = dir.join("three.card.toml");
     let classifier = Classifier::new_random(service_card(3, Attention::None), Device::Cpu, 1);
-    classifier
-        .unwrap()
-        .save(&card_path, Precision::F32)
-        .unwrap();
+    classifier.unwrap().save(&card_path, Precision::F32).unwrap();
 
     // The same weights under a card that says N = 5.
     let mut card = ModelCard::load(&card_path).unwrap();
     card.packets_per_context = 5;
     let five_path = dir.join("five.card.toml");
     card.save(&five_path).unwrap();
-    let message = Classifier::load(&five_path, Device::Cpu)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        message.contains("conv2.weight") && message.contains("shape"),
-        "{message}"
-    );
+    let message = Classifier::load(&five_path, Device::Cpu).unwrap_err().to_string();
+    assert!(message.contains("conv2.weight") && message.contains("shape"), "{message}");
     assert!(message.contains("three.safetensors"), "{message}");
 
     // ... under a card that adds attention (missing tensors).
     card.packets_per_context = 3;
     card.attention = Attention::Sa;
     card.save(&five_path).unwrap();
-    let message = Classifier::load(&five_path, Device::Cpu)
-        .unwrap_err()
-        .to_string();
+    let message = Classifier::load(&five_path, Device::Cpu).unwrap_err().to_string();
     assert!(message.contains("missing"), "{message}");
 
     // ... under a card that says f16.
     card.attention = Attention::None;
     card.precision = "f16".into();
     card.save(&five_path).unwrap();
-    let message = Classifier::load(&five_path, Device::Cpu)
-        .unwrap_err()
-        .to_string();
+    let message = Classifier::load(&five_path, Device::Cpu).unwrap_err().to_string();
     assert!(message.contains("f16"), "{message}");
 }
 
@@ -442,16 +367,11 @@ fn load_refuses_tensors_the_network_lacks() {
     let dir = scratch_dir("extra");
     let card_path = dir.join("sa.card.toml");
     let classifier = Classifier::new_random(service_card(1, Attention::Sa), Device::Cpu, 1);
-    classifier
-        .unwrap()
-        .save(&card_path, Precision::F32)
-        .unwrap();
+    classifier.unwrap().save(&card_path, Precision::F32).unwrap();
     let mut card = ModelCard::load(&card_path).unwrap();
     card.attention = Attention::None;
     card.save(&card_path).unwrap();
-    let message = Classifier::load(&card_path, Device::Cpu)
-        .unwrap_err()
-        .to_string();
+    let message = Classifier::load(&card_path, Device::Cpu).unwrap_err().to_string();
     assert!(message.contains("spatial1.weight"), "{message}");
 }
 
@@ -465,10 +385,7 @@ fn load_refuses_a_missing_weights_file() {
     let error = Classifier::load(&card_path, Device::Cpu).unwrap_err();
     let message = error.to_string();
     assert!(matches!(error, Error::Model(_)));
-    assert!(
-        message.contains("gone.safetensors") && message.contains("no such file"),
-        "{message}"
-    );
+    assert!(message.contains("gone.safetensors") && message.contains("no such file"), "{message}");
 }
 
 #[test]
@@ -485,27 +402,12 @@ fn cards_are_checked() {
         let message = ModelCard::load(&path).unwrap_err().to_string();
         assert!(message.contains(needle), "{needle}: {message}");
     };
-    refused(
-        text.replace("packets_per_context = 3", "packets_per_context = 4"),
-        "4",
-    );
+    refused(text.replace("packets_per_context = 3", "packets_per_context = 4"), "4");
     refused(text.replace("format = 1", "format = 2"), "format 2");
-    refused(
-        text.replace("attention = \"none\"", "attention = \"cbam\""),
-        "cbam",
-    );
-    refused(
-        text.replace("random_weights", "random_wieghts"),
-        "random_wieghts",
-    );
-    refused(
-        text.replace("\"bad.safetensors\"", "\"../bad.safetensors\""),
-        "relative",
-    );
-    refused(
-        text.replace("precision = \"f32\"", "precision = \"f64\""),
-        "f64",
-    );
+    refused(text.replace("attention = \"none\"", "attention = \"cbam\""), "cbam");
+    refused(text.replace("random_weights", "random_wieghts"), "random_wieghts");
+    refused(text.replace("\"bad.safetensors\"", "\"../bad.safetensors\""), "relative");
+    refused(text.replace("precision = \"f32\"", "precision = \"f64\""), "f64");
 
     // N = 4 is refused when building too.
     let error = Classifier::new_random(service_card(4, Attention::None), Device::Cpu, 1);
@@ -524,14 +426,7 @@ fn weights_file_names_follow_the_card() {
 fn device_names() {
     let has_cuda = tch::Cuda::is_available();
     let auto = select_device("auto").unwrap();
-    assert_eq!(
-        auto,
-        if has_cuda {
-            Device::Cuda(0)
-        } else {
-            Device::Cpu
-        }
-    );
+    assert_eq!(auto, if has_cuda { Device::Cuda(0) } else { Device::Cpu });
     assert_eq!(select_device("cpu").unwrap(), Device::Cpu);
     assert_eq!(select_device(" CPU ").unwrap(), Device::Cpu);
     if !has_cuda {
@@ -559,8 +454,5 @@ fn time_a_batch_of_64() {
         classifier.predict(&raw, 64, &mut probs).unwrap();
     }
     let each = start.elapsed() / rounds;
-    println!(
-        "batch of 64 x N=5 (sa_se) on CPU, {} threads: {each:?}",
-        tch::get_num_threads()
-    );
+    println!("batch of 64 x N=5 (sa_se) on CPU, {} threads: {each:?}", tch::get_num_threads());
 }

@@ -231,19 +231,10 @@ fn assert_ipv6_udp(packet: &Packet<'_>, transport_offset: usize, payload_len: us
     assert_eq!(packet.protocol, PROTO_UDP);
     assert_eq!(packet.src, IpAddr::V6(SRC_V6));
     assert_eq!(packet.dst, IpAddr::V6(DST_V6));
-    assert_eq!(
-        packet.transport,
-        Transport::Udp {
-            src_port: SRC_PORT,
-            dst_port: DST_PORT
-        }
-    );
+    assert_eq!(packet.transport, Transport::Udp { src_port: SRC_PORT, dst_port: DST_PORT });
     assert_eq!(packet.transport_offset, transport_offset);
     assert_eq!(packet.payload_len, payload_len);
-    assert_eq!(
-        packet.ip.len(),
-        transport_offset + UDP_HEADER_LEN + payload_len
-    );
+    assert_eq!(packet.ip.len(), transport_offset + UDP_HEADER_LEN + payload_len);
     assert!(!packet.snapped);
 }
 
@@ -261,9 +252,7 @@ fn ethernet_ipv4_tcp() {
     assert_eq!(packet.ip, &frame[ETHERNET_HEADER_LEN..]);
     assert_eq!(packet.transport_header_len(), TCP_HEADER_LEN);
     match packet.transport {
-        Transport::Tcp {
-            flags, header_len, ..
-        } => {
+        Transport::Tcp { flags, header_len, .. } => {
             assert_eq!(flags, TCP_ACK | 0x08);
             assert_eq!(header_len, TCP_HEADER_LEN);
         }
@@ -319,35 +308,20 @@ fn vlan_qinq_8021ad_and_legacy() {
     assert!(parse_full(LinkType::ETHERNET, &frame).is_ok());
     let three = vlan(1, EtherTypes::PBridge, &vlan(2, EtherTypes::Vlan, &inner));
     let frame = ethernet(EtherTypes::PBridge, &three);
-    assert_ipv6_udp(
-        &parse_full(LinkType::ETHERNET, &frame).expect("valid"),
-        IPV6_HEADER_LEN,
-        5,
-    );
+    assert_ipv6_udp(&parse_full(LinkType::ETHERNET, &frame).expect("valid"), IPV6_HEADER_LEN, 5);
 }
 
 #[test]
 fn vlan_tag_around_arp_is_non_ip() {
     let frame = ethernet(EtherTypes::Vlan, &vlan(7, EtherTypes::Arp, &[0u8; 28]));
-    assert_eq!(
-        parse_full(LinkType::ETHERNET, &frame).unwrap_err(),
-        Skip::NonIp
-    );
+    assert_eq!(parse_full(LinkType::ETHERNET, &frame).unwrap_err(), Skip::NonIp);
 }
 
 #[test]
 fn non_ip_ethertypes() {
-    for ethertype in [
-        EtherTypes::Arp,
-        EtherTypes::Lldp,
-        EtherTypes::Mpls,
-        EtherType(0x05dc),
-    ] {
+    for ethertype in [EtherTypes::Arp, EtherTypes::Lldp, EtherTypes::Mpls, EtherType(0x05dc)] {
         let frame = ethernet(ethertype, &[0u8; 46]);
-        assert_eq!(
-            parse_full(LinkType::ETHERNET, &frame).unwrap_err(),
-            Skip::NonIp
-        );
+        assert_eq!(parse_full(LinkType::ETHERNET, &frame).unwrap_err(), Skip::NonIp);
     }
 }
 
@@ -357,11 +331,7 @@ fn raw_ip_link_types_pick_version_from_nibble() {
     let v6 = ipv6(PROTO_UDP, &udp_datagram(10));
     for link in [LinkType::RAW, LinkType::RAW_BSD, LinkType::RAW_OPENBSD] {
         assert_ipv4_tcp(&parse_full(link, &v4).expect("raw IPv4"), 10);
-        assert_ipv6_udp(
-            &parse_full(link, &v6).expect("raw IPv6"),
-            IPV6_HEADER_LEN,
-            10,
-        );
+        assert_ipv6_udp(&parse_full(link, &v6).expect("raw IPv6"), IPV6_HEADER_LEN, 10);
         let mut bad_version = v4.clone();
         bad_version[0] = 0x55;
         assert_eq!(parse_full(link, &bad_version).unwrap_err(), Skip::BadHeader);
@@ -373,29 +343,16 @@ fn ipv4_and_ipv6_link_types_insist_on_their_version() {
     let v4 = ipv4(PROTO_TCP, &tcp_segment(TcpFlags::ACK, &[], 10));
     let v6 = ipv6(PROTO_UDP, &udp_datagram(10));
     assert_ipv4_tcp(&parse_full(LinkType::IPV4, &v4).expect("IPv4"), 10);
-    assert_ipv6_udp(
-        &parse_full(LinkType::IPV6, &v6).expect("IPv6"),
-        IPV6_HEADER_LEN,
-        10,
-    );
-    assert_eq!(
-        parse_full(LinkType::IPV4, &v6).unwrap_err(),
-        Skip::BadHeader
-    );
-    assert_eq!(
-        parse_full(LinkType::IPV6, &v4).unwrap_err(),
-        Skip::BadHeader
-    );
+    assert_ipv6_udp(&parse_full(LinkType::IPV6, &v6).expect("IPv6"), IPV6_HEADER_LEN, 10);
+    assert_eq!(parse_full(LinkType::IPV4, &v6).unwrap_err(), Skip::BadHeader);
+    assert_eq!(parse_full(LinkType::IPV6, &v4).unwrap_err(), Skip::BadHeader);
 }
 
 #[test]
 fn ethertype_and_version_nibble_must_agree() {
     let v6 = ipv6(PROTO_UDP, &udp_datagram(10));
     let frame = ethernet(EtherTypes::Ipv4, &v6);
-    assert_eq!(
-        parse_full(LinkType::ETHERNET, &frame).unwrap_err(),
-        Skip::BadHeader
-    );
+    assert_eq!(parse_full(LinkType::ETHERNET, &frame).unwrap_err(), Skip::BadHeader);
 }
 
 #[test]
@@ -403,24 +360,15 @@ fn linux_cooked_v1() {
     let v4 = ipv4(PROTO_TCP, &tcp_segment(TcpFlags::ACK, &[], 7));
     let v6 = ipv6(PROTO_UDP, &udp_datagram(7));
     let frame = linux_sll(0x0800, &v4);
-    assert_ipv4_tcp(
-        &parse_full(LinkType::LINUX_SLL, &frame).expect("SLL IPv4"),
-        7,
-    );
+    assert_ipv4_tcp(&parse_full(LinkType::LINUX_SLL, &frame).expect("SLL IPv4"), 7);
     let frame = linux_sll(0x86dd, &v6);
     let packet = parse_full(LinkType::LINUX_SLL, &frame).expect("SLL IPv6");
     assert_ipv6_udp(&packet, IPV6_HEADER_LEN, 7);
     // A VLAN tag the kernel did not strip.
     let frame = linux_sll(0x8100, &vlan(5, EtherTypes::Ipv4, &v4));
-    assert_ipv4_tcp(
-        &parse_full(LinkType::LINUX_SLL, &frame).expect("SLL VLAN"),
-        7,
-    );
+    assert_ipv4_tcp(&parse_full(LinkType::LINUX_SLL, &frame).expect("SLL VLAN"), 7);
     let frame = linux_sll(0x0806, &[0u8; 28]);
-    assert_eq!(
-        parse_full(LinkType::LINUX_SLL, &frame).unwrap_err(),
-        Skip::NonIp
-    );
+    assert_eq!(parse_full(LinkType::LINUX_SLL, &frame).unwrap_err(), Skip::NonIp);
 }
 
 #[test]
@@ -428,26 +376,14 @@ fn linux_cooked_v2() {
     let v4 = ipv4(PROTO_TCP, &tcp_segment(TcpFlags::ACK, &[], 7));
     let v6 = ipv6(PROTO_UDP, &udp_datagram(7));
     let frame = linux_sll2(0x0800, &v4);
-    assert_ipv4_tcp(
-        &parse_full(LinkType::LINUX_SLL2, &frame).expect("SLL2 IPv4"),
-        7,
-    );
+    assert_ipv4_tcp(&parse_full(LinkType::LINUX_SLL2, &frame).expect("SLL2 IPv4"), 7);
     let frame = linux_sll2(0x86dd, &v6);
     let packet = parse_full(LinkType::LINUX_SLL2, &frame).expect("SLL2 IPv6");
     assert_ipv6_udp(&packet, IPV6_HEADER_LEN, 7);
-    let frame = linux_sll2(
-        0x88a8,
-        &vlan(5, EtherTypes::Vlan, &vlan(6, EtherTypes::Ipv4, &v4)),
-    );
-    assert_ipv4_tcp(
-        &parse_full(LinkType::LINUX_SLL2, &frame).expect("SLL2 QinQ"),
-        7,
-    );
+    let frame = linux_sll2(0x88a8, &vlan(5, EtherTypes::Vlan, &vlan(6, EtherTypes::Ipv4, &v4)));
+    assert_ipv4_tcp(&parse_full(LinkType::LINUX_SLL2, &frame).expect("SLL2 QinQ"), 7);
     let frame = linux_sll2(0x0806, &[0u8; 28]);
-    assert_eq!(
-        parse_full(LinkType::LINUX_SLL2, &frame).unwrap_err(),
-        Skip::NonIp
-    );
+    assert_eq!(parse_full(LinkType::LINUX_SLL2, &frame).unwrap_err(), Skip::NonIp);
 }
 
 #[test]
@@ -477,11 +413,7 @@ fn openbsd_loop_family_is_big_endian() {
     let frame = bsd_loopback(2u32.to_be_bytes(), &v4);
     assert_ipv4_tcp(&parse_full(LinkType::LOOP, &frame).expect("LOOP IPv4"), 3);
     let frame = bsd_loopback(24u32.to_be_bytes(), &v6);
-    assert_ipv6_udp(
-        &parse_full(LinkType::LOOP, &frame).expect("LOOP IPv6"),
-        IPV6_HEADER_LEN,
-        3,
-    );
+    assert_ipv6_udp(&parse_full(LinkType::LOOP, &frame).expect("LOOP IPv6"), IPV6_HEADER_LEN, 3);
     let frame = bsd_loopback(2u32.to_le_bytes(), &v4);
     assert_eq!(parse_full(LinkType::LOOP, &frame).unwrap_err(), Skip::NonIp);
 }
@@ -489,18 +421,10 @@ fn openbsd_loop_family_is_big_endian() {
 #[test]
 fn unknown_link_types_are_unsupported() {
     let frame = ether_ipv4_tcp(TcpFlags::ACK, 0);
-    for link in [
-        LinkType(105),
-        LinkType(127),
-        LinkType(9999),
-        LinkType(u32::MAX),
-    ] {
+    for link in [LinkType(105), LinkType(127), LinkType(9999), LinkType(u32::MAX)] {
         assert_eq!(parse_full(link, &frame).unwrap_err(), Skip::UnsupportedLink);
     }
-    assert_eq!(
-        parse_full(LinkType(105), &[]).unwrap_err(),
-        Skip::UnsupportedLink
-    );
+    assert_eq!(parse_full(LinkType(105), &[]).unwrap_err(), Skip::UnsupportedLink);
 }
 
 #[test]
@@ -553,12 +477,7 @@ fn tcp_with_options() {
     assert_eq!(packet.transport_header_len(), 40);
     assert_eq!(
         packet.transport,
-        Transport::Tcp {
-            src_port: SRC_PORT,
-            dst_port: DST_PORT,
-            flags: TCP_SYN,
-            header_len: 40
-        }
+        Transport::Tcp { src_port: SRC_PORT, dst_port: DST_PORT, flags: TCP_SYN, header_len: 40 }
     );
 
     let segment = tcp_segment(TcpFlags::ACK, &[TcpOption::timestamp(5, 6)], 500);
@@ -572,23 +491,12 @@ fn tcp_with_options() {
 fn udp_over_ipv4() {
     let ip = ipv4(PROTO_UDP, &udp_datagram(512));
     let packet = parse_full(LinkType::IPV4, &ip).expect("UDP");
-    assert_eq!(
-        packet.transport,
-        Transport::Udp {
-            src_port: SRC_PORT,
-            dst_port: DST_PORT
-        }
-    );
+    assert_eq!(packet.transport, Transport::Udp { src_port: SRC_PORT, dst_port: DST_PORT });
     assert_eq!(packet.payload_len, 512);
     assert_eq!(packet.protocol, PROTO_UDP);
     // An empty UDP datagram.
     let ip = ipv4(PROTO_UDP, &udp_datagram(0));
-    assert_eq!(
-        parse_full(LinkType::IPV4, &ip)
-            .expect("empty UDP")
-            .payload_len,
-        0
-    );
+    assert_eq!(parse_full(LinkType::IPV4, &ip).expect("empty UDP").payload_len, 0);
 }
 
 #[test]
@@ -618,10 +526,7 @@ fn ipv6_extension_header_chain() {
         &authentication_header(PROTO_TCP, 1),
     ]);
     let segment = tcp_segment(TcpFlags::ACK, &[], 30);
-    let frame = ethernet(
-        EtherTypes::Ipv6,
-        &ipv6(IPV6_HOP_BY_HOP, &concat(&[&headers, &segment])),
-    );
+    let frame = ethernet(EtherTypes::Ipv6, &ipv6(IPV6_HOP_BY_HOP, &concat(&[&headers, &segment])));
     let packet = parse_full(LinkType::ETHERNET, &frame).expect("chain");
     assert_eq!(packet.transport_offset, IPV6_HEADER_LEN + headers.len());
     assert_eq!(packet.protocol, PROTO_TCP);
@@ -633,11 +538,7 @@ fn ipv6_too_many_extension_headers_is_bad() {
     let build = |count: usize| {
         let mut payload = Vec::new();
         for index in 0..count {
-            let next = if index + 1 == count {
-                PROTO_UDP
-            } else {
-                IPV6_DESTINATION_OPTIONS
-            };
+            let next = if index + 1 == count { PROTO_UDP } else { IPV6_DESTINATION_OPTIONS };
             payload.extend_from_slice(&extension_header(next, 0));
         }
         payload.extend_from_slice(&udp_datagram(0));
@@ -646,37 +547,19 @@ fn ipv6_too_many_extension_headers_is_bad() {
     let eight = build(8);
     let packet = parse_full(LinkType::RAW, &eight).expect("eight extension headers");
     assert_eq!(packet.transport_offset, IPV6_HEADER_LEN + 8 * 8);
-    assert_eq!(
-        parse_full(LinkType::RAW, &build(9)).unwrap_err(),
-        Skip::BadHeader
-    );
+    assert_eq!(parse_full(LinkType::RAW, &build(9)).unwrap_err(), Skip::BadHeader);
 }
 
 #[test]
 fn ipv6_fragments_are_skipped() {
     let udp = udp_datagram(100);
-    let first = ipv6(
-        IPV6_FRAGMENT,
-        &concat(&[&fragment_header(PROTO_UDP, 0, true), &udp]),
-    );
-    assert_eq!(
-        parse_full(LinkType::RAW, &first).unwrap_err(),
-        Skip::Fragment
-    );
-    let later = ipv6(
-        IPV6_FRAGMENT,
-        &concat(&[&fragment_header(PROTO_UDP, 12, false), &udp]),
-    );
-    assert_eq!(
-        parse_full(LinkType::RAW, &later).unwrap_err(),
-        Skip::Fragment
-    );
+    let first = ipv6(IPV6_FRAGMENT, &concat(&[&fragment_header(PROTO_UDP, 0, true), &udp]));
+    assert_eq!(parse_full(LinkType::RAW, &first).unwrap_err(), Skip::Fragment);
+    let later = ipv6(IPV6_FRAGMENT, &concat(&[&fragment_header(PROTO_UDP, 12, false), &udp]));
+    assert_eq!(parse_full(LinkType::RAW, &later).unwrap_err(), Skip::Fragment);
     // Behind a hop-by-hop header.
-    let payload = concat(&[
-        &extension_header(IPV6_FRAGMENT, 0),
-        &fragment_header(PROTO_UDP, 1, true),
-        &udp,
-    ]);
+    let payload =
+        concat(&[&extension_header(IPV6_FRAGMENT, 0), &fragment_header(PROTO_UDP, 1, true), &udp]);
     let ip = ipv6(IPV6_HOP_BY_HOP, &payload);
     assert_eq!(parse_full(LinkType::RAW, &ip).unwrap_err(), Skip::Fragment);
 }
@@ -685,63 +568,33 @@ fn ipv6_fragments_are_skipped() {
 fn ipv4_fragments_are_skipped() {
     let segment = tcp_segment(TcpFlags::ACK, &[], 100);
     let mut first = ipv4(PROTO_TCP, &segment);
-    MutableIpv4Packet::new(&mut first)
-        .expect("IPv4")
-        .set_flags(0b001); // MF
-    assert_eq!(
-        parse_full(LinkType::RAW, &first).unwrap_err(),
-        Skip::Fragment
-    );
+    MutableIpv4Packet::new(&mut first).expect("IPv4").set_flags(0b001); // MF
+    assert_eq!(parse_full(LinkType::RAW, &first).unwrap_err(), Skip::Fragment);
 
     let mut later = ipv4(PROTO_TCP, &segment[..40]);
-    MutableIpv4Packet::new(&mut later)
-        .expect("IPv4")
-        .set_fragment_offset(185);
-    assert_eq!(
-        parse_full(LinkType::RAW, &later).unwrap_err(),
-        Skip::Fragment
-    );
+    MutableIpv4Packet::new(&mut later).expect("IPv4").set_fragment_offset(185);
+    assert_eq!(parse_full(LinkType::RAW, &later).unwrap_err(), Skip::Fragment);
 
     // Don't-fragment alone is a whole packet.
     let mut whole = ipv4(PROTO_TCP, &segment);
-    MutableIpv4Packet::new(&mut whole)
-        .expect("IPv4")
-        .set_flags(0b010); // DF
+    MutableIpv4Packet::new(&mut whole).expect("IPv4").set_flags(0b010); // DF
     assert_ipv4_tcp(&parse_full(LinkType::RAW, &whole).expect("DF"), 100);
 }
 
 #[test]
 fn other_transports() {
     let icmp = ipv4(PROTO_ICMP, &[8, 0, 0, 0, 0, 1, 0, 1]);
-    assert_eq!(
-        parse_full(LinkType::RAW, &icmp).unwrap_err(),
-        Skip::OtherTransport
-    );
+    assert_eq!(parse_full(LinkType::RAW, &icmp).unwrap_err(), Skip::OtherTransport);
     let frame = ethernet(EtherTypes::Ipv4, &icmp);
-    assert_eq!(
-        parse_full(LinkType::ETHERNET, &frame).unwrap_err(),
-        Skip::OtherTransport
-    );
+    assert_eq!(parse_full(LinkType::ETHERNET, &frame).unwrap_err(), Skip::OtherTransport);
     let gre = ipv4(IpNextHeaderProtocols::Gre.0, &[0u8; 4]);
-    assert_eq!(
-        parse_full(LinkType::RAW, &gre).unwrap_err(),
-        Skip::OtherTransport
-    );
+    assert_eq!(parse_full(LinkType::RAW, &gre).unwrap_err(), Skip::OtherTransport);
     for next_header in [PROTO_ICMPV6, IPV6_NO_NEXT_HEADER, PROTO_ESP] {
         let ip = ipv6(next_header, &[128, 0, 0, 0, 0, 1, 0, 1]);
-        assert_eq!(
-            parse_full(LinkType::RAW, &ip).unwrap_err(),
-            Skip::OtherTransport
-        );
+        assert_eq!(parse_full(LinkType::RAW, &ip).unwrap_err(), Skip::OtherTransport);
     }
-    let ip = ipv6(
-        IPV6_HOP_BY_HOP,
-        &concat(&[&extension_header(PROTO_ICMPV6, 0), &[0u8; 8]]),
-    );
-    assert_eq!(
-        parse_full(LinkType::RAW, &ip).unwrap_err(),
-        Skip::OtherTransport
-    );
+    let ip = ipv6(IPV6_HOP_BY_HOP, &concat(&[&extension_header(PROTO_ICMPV6, 0), &[0u8; 8]]));
+    assert_eq!(parse_full(LinkType::RAW, &ip).unwrap_err(), Skip::OtherTransport);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -765,10 +618,7 @@ fn snapped_capture_keeps_header_lengths() {
     assert_eq!(packet.payload_len, 1000);
 
     // IPv6 with an extension header.
-    let ip = ipv6(
-        IPV6_ROUTING,
-        &concat(&[&extension_header(PROTO_UDP, 0), &udp_datagram(900)]),
-    );
+    let ip = ipv6(IPV6_ROUTING, &concat(&[&extension_header(PROTO_UDP, 0), &udp_datagram(900)]));
     let captured = &ip[..IPV6_HEADER_LEN + 8 + UDP_HEADER_LEN + 4];
     let packet = parse(LinkType::RAW, captured, ip.len() as u32).expect("snapped IPv6");
     assert!(packet.snapped);
@@ -780,9 +630,7 @@ fn snapped_capture_keeps_header_lengths() {
 fn zero_ip_length_falls_back_to_wire_length() {
     // Segmentation offload: IPv4 total length 0, the capture holds the whole super-packet.
     let mut ip = ipv4(PROTO_TCP, &tcp_segment(TcpFlags::ACK, &[], 3000));
-    MutableIpv4Packet::new(&mut ip)
-        .expect("IPv4")
-        .set_total_length(0);
+    MutableIpv4Packet::new(&mut ip).expect("IPv4").set_total_length(0);
     let frame = ethernet(EtherTypes::Ipv4, &ip);
     let packet = parse_full(LinkType::ETHERNET, &frame).expect("TSO capture");
     assert_ipv4_tcp(&packet, 3000);
@@ -843,16 +691,12 @@ fn truncated_ip_headers() {
 
     let v6 = ipv6(PROTO_UDP, &udp_datagram(0));
     assert_truncated(LinkType::RAW, &v6, IPV6_HEADER_LEN - 1);
-    let v6_ext = ipv6(
-        IPV6_HOP_BY_HOP,
-        &concat(&[&extension_header(PROTO_UDP, 1), &udp_datagram(0)]),
-    );
+    let v6_ext =
+        ipv6(IPV6_HOP_BY_HOP, &concat(&[&extension_header(PROTO_UDP, 1), &udp_datagram(0)]));
     assert_truncated(LinkType::RAW, &v6_ext, IPV6_HEADER_LEN + 1);
     assert_truncated(LinkType::RAW, &v6_ext, IPV6_HEADER_LEN + 15);
-    let v6_frag = ipv6(
-        IPV6_FRAGMENT,
-        &concat(&[&fragment_header(PROTO_UDP, 0, true), &udp_datagram(0)]),
-    );
+    let v6_frag =
+        ipv6(IPV6_FRAGMENT, &concat(&[&fragment_header(PROTO_UDP, 0, true), &udp_datagram(0)]));
     assert_truncated(LinkType::RAW, &v6_frag, IPV6_HEADER_LEN + 7);
 }
 
@@ -876,25 +720,15 @@ fn bad_ipv4_header_lengths() {
     let transport = tcp_segment(TcpFlags::ACK, &[], 10);
     for ihl in 0..5u8 {
         let mut ip = ipv4(PROTO_TCP, &transport);
-        MutableIpv4Packet::new(&mut ip)
-            .expect("IPv4")
-            .set_header_length(ihl);
-        assert_eq!(
-            parse_full(LinkType::RAW, &ip).unwrap_err(),
-            Skip::BadHeader,
-            "IHL {ihl}"
-        );
+        MutableIpv4Packet::new(&mut ip).expect("IPv4").set_header_length(ihl);
+        assert_eq!(parse_full(LinkType::RAW, &ip).unwrap_err(), Skip::BadHeader, "IHL {ihl}");
     }
     // Total length shorter than the header.
     let mut ip = ipv4(PROTO_TCP, &transport);
-    MutableIpv4Packet::new(&mut ip)
-        .expect("IPv4")
-        .set_total_length(19);
+    MutableIpv4Packet::new(&mut ip).expect("IPv4").set_total_length(19);
     assert_eq!(parse_full(LinkType::RAW, &ip).unwrap_err(), Skip::BadHeader);
     let mut ip = ipv4_with_options(PROTO_TCP, &[1, 1, 1, 0], &transport);
-    MutableIpv4Packet::new(&mut ip)
-        .expect("IPv4")
-        .set_total_length(22);
+    MutableIpv4Packet::new(&mut ip).expect("IPv4").set_total_length(22);
     assert_eq!(parse_full(LinkType::RAW, &ip).unwrap_err(), Skip::BadHeader);
 }
 
@@ -903,24 +737,17 @@ fn bad_transport_header_lengths() {
     // TCP data offset below 5.
     for data_offset in 0..5u8 {
         let mut segment = tcp_segment(TcpFlags::ACK, &[], 10);
-        MutableTcpPacket::new(&mut segment)
-            .expect("TCP")
-            .set_data_offset(data_offset);
+        MutableTcpPacket::new(&mut segment).expect("TCP").set_data_offset(data_offset);
         let ip = ipv4(PROTO_TCP, &segment);
         assert_eq!(parse_full(LinkType::RAW, &ip).unwrap_err(), Skip::BadHeader);
     }
     // TCP header longer than the IP payload (data offset 15 = 60 bytes, 30 bytes of payload).
     let mut segment = tcp_segment(TcpFlags::ACK, &[], 10);
-    MutableTcpPacket::new(&mut segment)
-        .expect("TCP")
-        .set_data_offset(15);
+    MutableTcpPacket::new(&mut segment).expect("TCP").set_data_offset(15);
     let ip = ipv4(PROTO_TCP, &segment);
     assert_eq!(parse_full(LinkType::RAW, &ip).unwrap_err(), Skip::BadHeader);
     // ... even when the capture also ends early.
-    assert_eq!(
-        parse(LinkType::RAW, &ip[..45], 1500).unwrap_err(),
-        Skip::BadHeader
-    );
+    assert_eq!(parse(LinkType::RAW, &ip[..45], 1500).unwrap_err(), Skip::BadHeader);
 
     // IP payload too short for a TCP header or a UDP header.
     let ip = ipv4(PROTO_TCP, &[0u8; 12]);
@@ -933,19 +760,12 @@ fn bad_transport_header_lengths() {
 
 #[test]
 fn ipv6_extension_header_past_payload_length_is_bad() {
-    let mut ip = ipv6(
-        IPV6_ROUTING,
-        &concat(&[&extension_header(PROTO_UDP, 4), &[0u8; 8]]),
-    );
+    let mut ip = ipv6(IPV6_ROUTING, &concat(&[&extension_header(PROTO_UDP, 4), &[0u8; 8]]));
     // Claim a payload shorter than the 40-byte routing header.
-    MutableIpv6Packet::new(&mut ip)
-        .expect("IPv6")
-        .set_payload_length(24);
+    MutableIpv6Packet::new(&mut ip).expect("IPv6").set_payload_length(24);
     assert_eq!(parse_full(LinkType::RAW, &ip).unwrap_err(), Skip::BadHeader);
     // Payload length so short that the extension header's length field is outside it.
-    MutableIpv6Packet::new(&mut ip)
-        .expect("IPv6")
-        .set_payload_length(1);
+    MutableIpv6Packet::new(&mut ip).expect("IPv6").set_payload_length(1);
     assert_eq!(parse_full(LinkType::RAW, &ip).unwrap_err(), Skip::BadHeader);
 }
 
@@ -1002,11 +822,7 @@ fn sample_frames() -> Vec<Vec<u8>> {
     let v4 = ipv4_with_options(
         PROTO_TCP,
         &[148, 4, 0, 0],
-        &tcp_segment(
-            TcpFlags::SYN,
-            &[TcpOption::mss(1400), TcpOption::wscale(3)],
-            20,
-        ),
+        &tcp_segment(TcpFlags::SYN, &[TcpOption::mss(1400), TcpOption::wscale(3)], 20),
     );
     let v6_payload = concat(&[
         &extension_header(IPV6_ROUTING, 1),
@@ -1018,10 +834,7 @@ fn sample_frames() -> Vec<Vec<u8>> {
     let v6 = ipv6(IPV6_HOP_BY_HOP, &v6_payload);
     vec![
         ethernet(EtherTypes::Ipv4, &v4),
-        ethernet(
-            EtherTypes::PBridge,
-            &vlan(1, EtherTypes::Vlan, &vlan(2, EtherTypes::Ipv6, &v6)),
-        ),
+        ethernet(EtherTypes::PBridge, &vlan(1, EtherTypes::Vlan, &vlan(2, EtherTypes::Ipv6, &v6))),
         linux_sll(0x86dd, &v6),
         linux_sll2(0x0800, &v4),
         bsd_loopback(30u32.to_le_bytes(), &v6),

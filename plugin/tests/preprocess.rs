@@ -244,10 +244,7 @@ fn with(change: impl FnOnce(&mut PreprocessConfig)) -> PreprocessConfig {
 fn assert_zeroed_exactly(actual: &[u8], baseline: &[u8], zeroed: &[usize], what: &str) {
     assert_eq!(actual.len(), baseline.len(), "{what}: length");
     for &at in zeroed {
-        assert_ne!(
-            baseline[at], 0,
-            "{what}: baseline byte {at} is already zero"
-        );
+        assert_ne!(baseline[at], 0, "{what}: baseline byte {at} is already zero");
     }
     for (at, (&got, &base)) in actual.iter().zip(baseline).enumerate() {
         let want = if zeroed.contains(&at) { 0 } else { base };
@@ -306,10 +303,7 @@ fn ipv6_tcp_addresses_are_zeroed() {
 
 #[test]
 fn ipv4_options_and_tcp_options_are_kept() {
-    let out = encoded(
-        &IPV4_OPTIONS_TCP_OPTIONS_FRAME,
-        &PreprocessConfig::default(),
-    );
+    let out = encoded(&IPV4_OPTIONS_TCP_OPTIONS_FRAME, &PreprocessConfig::default());
     assert_eq!(out, zero_padded(&IPV4_OPTIONS_TCP_OPTIONS_DEFAULT, 1500));
 }
 
@@ -438,11 +432,8 @@ fn packet_bytes_100_cuts_and_pads_at_100() {
 
     // UDP: 20 + 8 header bytes, 12 padding bytes, then the first 60 payload bytes.
     let payload = counting_payload(200);
-    let frame = udp4(
-        (Ipv4Addr::new(10, 0, 0, 1), 5000),
-        (Ipv4Addr::new(10, 0, 0, 2), 6000),
-        &payload,
-    );
+    let frame =
+        udp4((Ipv4Addr::new(10, 0, 0, 1), 5000), (Ipv4Addr::new(10, 0, 0, 2), 6000), &payload);
     let out = encoded(&frame, &config);
     assert_eq!(out.len(), 100);
     #[rustfmt::skip]
@@ -480,16 +471,8 @@ fn each_mask_zeroes_exactly_its_bytes_ipv4_tcp() {
         ("mask_ip_id", with(|c| c.mask_ip_id = true), &[4, 5]),
         ("mask_ttl", with(|c| c.mask_ttl = true), &[8]),
         // IPv4 header checksum, TCP checksum at 20 + 16.
-        (
-            "mask_checksums",
-            with(|c| c.mask_checksums = true),
-            &[10, 11, 36, 37],
-        ),
-        (
-            "mask_ports",
-            with(|c| c.mask_ports = true),
-            &[20, 21, 22, 23],
-        ),
+        ("mask_checksums", with(|c| c.mask_checksums = true), &[10, 11, 36, 37]),
+        ("mask_ports", with(|c| c.mask_ports = true), &[20, 21, 22, 23]),
     ];
     for (what, config, zeroed) in cases {
         let out = encoded(&IPV4_TCP_FRAME, &config);
@@ -519,10 +502,7 @@ fn all_masks_together_ipv4_tcp() {
         c.mask_checksums = true;
         c.mask_ports = true;
     });
-    assert_eq!(
-        encoded(&IPV4_TCP_FRAME, &config),
-        zero_padded(&expected, 1500)
-    );
+    assert_eq!(encoded(&IPV4_TCP_FRAME, &config), zero_padded(&expected, 1500));
 }
 
 #[test]
@@ -532,16 +512,8 @@ fn each_mask_zeroes_exactly_its_bytes_ipv4_udp() {
         ("mask_ip_id", with(|c| c.mask_ip_id = true), &[4, 5]),
         ("mask_ttl", with(|c| c.mask_ttl = true), &[8]),
         // IPv4 header checksum, UDP checksum at 20 + 6 (before the padding).
-        (
-            "mask_checksums",
-            with(|c| c.mask_checksums = true),
-            &[10, 11, 26, 27],
-        ),
-        (
-            "mask_ports",
-            with(|c| c.mask_ports = true),
-            &[20, 21, 22, 23],
-        ),
+        ("mask_checksums", with(|c| c.mask_checksums = true), &[10, 11, 26, 27]),
+        ("mask_ports", with(|c| c.mask_ports = true), &[20, 21, 22, 23]),
     ];
     for (what, config, zeroed) in cases {
         let out = encoded(&IPV4_UDP_FRAME, &config);
@@ -554,16 +526,8 @@ fn each_mask_zeroes_exactly_its_bytes_ipv6_tcp() {
     let baseline = zero_padded(&IPV6_TCP_DEFAULT, 1500);
     let cases: [(&str, PreprocessConfig, &[usize]); 3] = [
         // No IPv4 checksum; TCP checksum at 40 + 16.
-        (
-            "mask_checksums",
-            with(|c| c.mask_checksums = true),
-            &[56, 57],
-        ),
-        (
-            "mask_ports",
-            with(|c| c.mask_ports = true),
-            &[40, 41, 42, 43],
-        ),
+        ("mask_checksums", with(|c| c.mask_checksums = true), &[56, 57]),
+        ("mask_ports", with(|c| c.mask_ports = true), &[40, 41, 42, 43]),
         // Hop limit.
         ("mask_ttl", with(|c| c.mask_ttl = true), &[7]),
     ];
@@ -657,18 +621,9 @@ fn ntp_is_filtered_over_udp_only() {
 #[test]
 fn netbios_ports_137_to_139_are_filtered() {
     let config = PreprocessConfig::default();
-    assert_eq!(
-        filtered(&udp_ports(137, 137), &config),
-        Some(Filter::Netbios)
-    );
-    assert_eq!(
-        filtered(&udp_ports(138, 40000), &config),
-        Some(Filter::Netbios)
-    );
-    assert_eq!(
-        filtered(&tcp_ports(40000, 139, DATA, b"smb"), &config),
-        Some(Filter::Netbios)
-    );
+    assert_eq!(filtered(&udp_ports(137, 137), &config), Some(Filter::Netbios));
+    assert_eq!(filtered(&udp_ports(138, 40000), &config), Some(Filter::Netbios));
+    assert_eq!(filtered(&tcp_ports(40000, 139, DATA, b"smb"), &config), Some(Filter::Netbios));
     // Just outside the range.
     assert_eq!(filtered(&udp_ports(136, 40000), &config), None);
     assert_eq!(filtered(&udp_ports(40000, 140), &config), None);
@@ -683,27 +638,13 @@ fn empty_handshake_and_teardown_segments_are_filtered() {
     let empty = [SYN, ACK, SYN_ACK, FIN_ACK, common::FIN];
     for flags in empty {
         let frame = tcp_ports(40000, 443, flags, &[]);
-        assert_eq!(
-            filtered(&frame, &config),
-            Some(Filter::EmptyTcp),
-            "flags {flags:#04x}"
-        );
+        assert_eq!(filtered(&frame, &config), Some(Filter::EmptyTcp), "flags {flags:#04x}");
         let off = with(|c| c.skip_empty_tcp = false);
-        assert_eq!(
-            filtered(&frame, &off),
-            None,
-            "flags {flags:#04x} with the filter off"
-        );
+        assert_eq!(filtered(&frame, &off), None, "flags {flags:#04x} with the filter off");
     }
     // With payload they carry application bytes.
-    assert_eq!(
-        filtered(&tcp_ports(40000, 443, ACK, b"data"), &config),
-        None
-    );
-    assert_eq!(
-        filtered(&tcp_ports(40000, 443, DATA, b"data"), &config),
-        None
-    );
+    assert_eq!(filtered(&tcp_ports(40000, 443, ACK, b"data"), &config), None);
+    assert_eq!(filtered(&tcp_ports(40000, 443, DATA, b"data"), &config), None);
     // The documented rule names SYN, ACK and FIN only: a bare RST is kept.
     assert_eq!(filtered(&tcp_ports(40000, 443, RST, &[]), &config), None);
 }
@@ -715,10 +656,7 @@ fn bare_ack_in_padded_minimum_frame_is_filtered() {
     assert_eq!(frame.len(), ETHERNET_MIN_FRAME_LEN);
     // Non-zero padding, as some NICs leave, must not count either.
     frame[54..].fill(0xff);
-    assert_eq!(
-        filtered(&frame, &PreprocessConfig::default()),
-        Some(Filter::EmptyTcp)
-    );
+    assert_eq!(filtered(&frame, &PreprocessConfig::default()), Some(Filter::EmptyTcp));
 
     // The same frame size with 6 real payload bytes is kept.
     let frame = tcp_ports(40000, 443, ACK, b"abcdef");
@@ -730,9 +668,6 @@ fn bare_ack_in_padded_minimum_frame_is_filtered() {
 fn ordinary_traffic_is_kept() {
     let config = PreprocessConfig::default();
     assert_eq!(filtered(&udp_ports(50000, 443), &config), None);
-    assert_eq!(
-        filtered(&tcp_ports(50000, 443, DATA, b"\x17\x03\x03"), &config),
-        None
-    );
+    assert_eq!(filtered(&tcp_ports(50000, 443, DATA, b"\x17\x03\x03"), &config), None);
     assert_eq!(filtered(&IPV6_TCP_FRAME, &config), None);
 }

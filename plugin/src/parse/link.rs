@@ -159,14 +159,8 @@ mod tests {
     fn null_family_detects_both_byte_orders() {
         let little = [2, 0, 0, 0, 0x45];
         let big = [0, 0, 0, 30, 0x60];
-        assert_eq!(
-            strip_link_layer(LinkType::NULL, &little),
-            Ok((IpVersionHint::V4, &[0x45][..]))
-        );
-        assert_eq!(
-            strip_link_layer(LinkType::NULL, &big),
-            Ok((IpVersionHint::V6, &[0x60][..]))
-        );
+        assert_eq!(strip_link_layer(LinkType::NULL, &little), Ok((IpVersionHint::V4, &[0x45][..])));
+        assert_eq!(strip_link_layer(LinkType::NULL, &big), Ok((IpVersionHint::V6, &[0x60][..])));
     }
 
     #[test]
@@ -183,9 +177,6 @@ mod tests {
             frame.extend_from_slice(&[0, 1]);
         }
         frame.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
-        assert_eq!(
-            strip_link_layer(LinkType::ETHERNET, &frame),
-            Err(Skip::BadHeader)
-        );
+        assert_eq!(strip_link_layer(LinkType::ETHERNET, &frame), Err(Skip::BadHeader));
     }
 }

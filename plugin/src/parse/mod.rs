@@ -130,9 +130,7 @@ impl Packet<'_> {
 
     pub fn ports(&self) -> (u16, u16) {
         match self.transport {
-            Transport::Tcp {
-                src_port, dst_port, ..
-            } => (src_port, dst_port),
+            Transport::Tcp { src_port, dst_port, .. } => (src_port, dst_port),
             Transport::Udp { src_port, dst_port } => (src_port, dst_port),
         }
     }

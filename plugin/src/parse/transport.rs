@@ -33,12 +33,8 @@ struct TcpFixedHeader {
 fn tcp_fixed_header(input: &[u8]) -> HeaderResult<'_, TcpFixedHeader> {
     let (input, (src_port, dst_port, _seq, _ack, offset_byte, flags)) =
         (be_u16, be_u16, be_u32, be_u32, be_u8, be_u8).parse(input)?;
-    let header = TcpFixedHeader {
-        src_port,
-        dst_port,
-        header_len: usize::from(offset_byte >> 4) * 4,
-        flags,
-    };
+    let header =
+        TcpFixedHeader { src_port, dst_port, header_len: usize::from(offset_byte >> 4) * 4, flags };
     Ok((input, header))
 }
 
@@ -59,10 +55,7 @@ pub(super) fn parse_transport(l3: &[u8], ip: IpLayer) -> Result<Packet<'_>, Skip
     // Cut Ethernet padding and trailers off at the IP length; a shorter capture stays as is.
     let ip_bytes = l3.get(..ip.ip_len).unwrap_or(l3);
     let snapped = ip_bytes.len() < ip.ip_len;
-    let ip_payload_len = ip
-        .ip_len
-        .checked_sub(ip.transport_offset)
-        .ok_or(Skip::BadHeader)?;
+    let ip_payload_len = ip.ip_len.checked_sub(ip.transport_offset).ok_or(Skip::BadHeader)?;
     let segment = ip_bytes.get(ip.transport_offset..).ok_or(Skip::Truncated)?;
 
     let transport = if ip.protocol == PROTO_TCP {
