@@ -13,9 +13,10 @@ venv="$cache/torch-$torch_version"
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
-# System packages: libpcap for the C example, tcpdump to record demo captures.
+# System packages: libpcap for the C example, tcpdump to record demo captures, fontconfig
+# and a font for the plots of `combo eval` / `combo train` (plotters draws text with them).
 missing=()
-for pkg in libpcap-dev tcpdump; do
+for pkg in libpcap-dev tcpdump pkg-config libfontconfig1-dev libfreetype-dev fonts-dejavu-core; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
