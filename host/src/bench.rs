@@ -67,6 +67,10 @@ struct PacketArgs {
     /// Idle flows created for the memory measurement.
     #[arg(long, default_value_t = 100_000)]
     flows: usize,
+    /// libtorch threads of the inference thread with `--inference on` (0: libtorch's default,
+    /// one per core, which then competes with the packet path for cores).
+    #[arg(long, default_value_t = 0)]
+    model_threads: usize,
 }
 
 #[derive(Args)]
@@ -156,6 +160,7 @@ fn bench_packets(args: PacketArgs) -> Result<serde_json::Value> {
         Inference::On => BackendKind::Torch,
     };
     config.inference.on_full = FullRingPolicy::Drop;
+    config.model.cpu_threads = args.model_threads;
     config.flows.max_flows = args.flows.max(65_536) + 1;
     let plugin = Plugin::load(&args.plugin.clone().unwrap_or_else(default_path))?;
     let engine = Arc::new(PluginEngine::new(&plugin, &toml::to_string(&config)?)?);
