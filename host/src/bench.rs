@@ -15,14 +15,14 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use combo_plugin::config::{BackendKind, EngineConfig, FullRingPolicy, PreprocessConfig};
 use combo_plugin::model::{
-    Attention, Classifier, ModelCard, TrainingSummary, feature_widths, flops_per_context,
-    select_device,
+    Attention, Classifier, ModelCard, feature_widths, flops_per_context, select_device,
 };
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
 use crate::capture::CaptureReader;
 use crate::plugin::{Plugin, PluginEngine, default_path};
+use crate::replay::expand_inputs;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -109,19 +109,7 @@ struct Frame {
 }
 
 fn load_frames(inputs: &[PathBuf]) -> Result<Vec<Frame>> {
-    let mut files = Vec::new();
-    for input in inputs {
-        if input.is_dir() {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(input)?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e == "pcap" || e == "pcapng"))
-                .collect();
-            found.sort();
-            files.extend(found);
-        } else {
-            files.push(input.clone());
-        }
-    }
+    let files = expand_inputs(inputs)?;
     let mut frames = Vec::new();
     for file in files {
         let Ok(mut reader) = CaptureReader::open(&file) else { continue };
@@ -282,19 +270,13 @@ fn bench_model(args: ModelArgs) -> Result<serde_json::Value> {
     );
     let mut rows = Vec::new();
     for &packets in &args.packets {
-        let card = ModelCard {
-            format: 1,
-            name: "bench".into(),
-            labels: (0..classes).map(|i| format!("class{i}")).collect(),
-            packets_per_context: packets,
-            attention: args.attention,
-            preprocess: PreprocessConfig::default(),
-            weights: String::new(),
-            precision: String::new(),
-            random_weights: true,
-            parameters: 0,
-            training: TrainingSummary::default(),
-        };
+        let card = ModelCard::new(
+            "bench",
+            (0..classes).map(|i| format!("class{i}")).collect(),
+            packets,
+            args.attention,
+            PreprocessConfig::default(),
+        );
         let classifier = Classifier::new_random(card, device, 1)?;
         let flops = flops_per_context(packets, packet_bytes, args.attention, classes)?;
         for &batch in &args.batches {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use combo_plugin::config::PreprocessConfig;
-use combo_plugin::model::{Attention, Classifier, ModelCard, Precision, TrainingSummary};
+use combo_plugin::model::{Attention, Classifier, ModelCard, Precision};
 
 #[derive(Args)]
 pub struct InitModelArgs {
@@ -40,24 +40,16 @@ pub fn init_model(args: InitModelArgs) -> Result<()> {
         .and_then(|n| n.strip_suffix(".card.toml"))
         .context("--out must end in .card.toml")?
         .to_string();
-    let card = ModelCard {
-        format: 1,
-        name,
-        labels: args.labels,
-        packets_per_context: args.packets,
-        attention: args.attention,
-        preprocess: PreprocessConfig::default(),
-        weights: String::new(),
-        precision: String::new(),
-        random_weights: true,
-        parameters: 0,
-        training: TrainingSummary {
-            notes: "Untrained: random weights stand in until a trained model is shipped. \
-                    Its labels carry no meaning."
-                .into(),
-            ..TrainingSummary::default()
-        },
-    };
+    let mut card = ModelCard::new(
+        &name,
+        args.labels,
+        args.packets,
+        args.attention,
+        PreprocessConfig::default(),
+    );
+    card.training.notes = "Untrained: random weights stand in until a trained model is \
+                           shipped. Its labels carry no meaning."
+        .into();
     let classifier = Classifier::new_random(card, tch::Device::Cpu, args.seed)?;
     let precision = if args.half { Precision::F16 } else { Precision::F32 };
     classifier.save(&args.out, precision)?;

@@ -265,7 +265,7 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
 }
 
 /// Files named, and the pcap/pcapng files of folders named (sorted, not recursive).
-fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for input in inputs {
         if input.is_dir() {

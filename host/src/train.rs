@@ -244,19 +244,13 @@ pub fn train(args: &TrainArgs) -> Result<TrainOutcome> {
             log::info!("resuming after epoch {} from {}", state.epochs_done, checkpoint.display());
             (classifier, adam, state)
         } else {
-            let card = ModelCard {
-                format: 1,
-                name: name.clone(),
-                labels: info.labels.clone(),
-                packets_per_context: info.packets_per_context,
-                attention: args.attention,
-                preprocess: info.preprocess.clone(),
-                weights: String::new(),
-                precision: String::new(),
-                random_weights: true,
-                parameters: 0,
-                training: TrainingSummary::default(),
-            };
+            let card = ModelCard::new(
+                &name,
+                info.labels.clone(),
+                info.packets_per_context,
+                args.attention,
+                info.preprocess.clone(),
+            );
             tch::manual_seed(args.seed as i64);
             let classifier = Classifier::new_random(card, device, args.seed as i64)?;
             let adam = Adam::new(&named_variables(&classifier))?;

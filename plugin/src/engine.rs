@@ -817,7 +817,7 @@ impl Worker {
                 ShortFlowPolicy::Drop => self.stats.short_flows_dropped += 1,
             }
         }
-        self.release_history(&mut state);
+        self.recycle_history(std::mem::take(&mut state.history));
         if state.in_flight > 0 {
             self.ending.insert(state.id, EndingFlow { state, end });
         } else {
@@ -825,8 +825,8 @@ impl Worker {
         }
     }
 
-    fn release_history(&mut self, state: &mut FlowState) {
-        let history = std::mem::take(&mut state.history);
+    /// Keeps a flow's history buffer for the next new flow (at most one per table slot).
+    fn recycle_history(&mut self, history: Vec<u8>) {
         if history.capacity() > 0 && self.history_pool.len() < self.table.capacity() {
             self.history_pool.push(history);
         }
@@ -928,12 +928,9 @@ impl Worker {
         job.user_tag = user_tag;
         flow.contexts_sent += 1;
         flow.in_flight += 1;
-        let done_with_history = flow.contexts_sent >= self.contexts_per_flow;
-        if done_with_history {
+        if flow.contexts_sent >= self.contexts_per_flow {
             let history = std::mem::take(&mut flow.history);
-            if self.history_pool.len() < self.table.capacity() {
-                self.history_pool.push(history);
-            }
+            self.recycle_history(history);
         }
         self.push_job(job);
     }
