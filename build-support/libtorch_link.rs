@@ -1,5 +1,5 @@
-// Shared by the build scripts of every crate that produces a binary or library linking
-// libtorch (each crate's build.rs `include!`s this file).
+// Shared by the build scripts of every crate that links libtorch (each crate's build.rs
+// `include!`s this file and calls `link_libtorch`).
 //
 // Two linker details matter for users:
 // - rpath: binaries must find libtorch without LD_LIBRARY_PATH, so the absolute library folder
@@ -9,11 +9,12 @@
 
 use std::path::PathBuf;
 
-fn main() {
+/// Adds the link arguments; returns libtorch's root folder, if known.
+fn link_libtorch() -> Option<PathBuf> {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     let Some(root) = std::env::var_os("LIBTORCH") else {
         println!("cargo:warning=LIBTORCH is not set; run scripts/setup.sh first");
-        return;
+        return None;
     };
     // `.libtorch` is a symbolic link into the cache; record where it really points so the
     // binaries keep working if the clone moves.
@@ -23,4 +24,5 @@ fn main() {
     if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
     }
+    Some(root)
 }

@@ -292,13 +292,11 @@ pub unsafe extern "C" fn combo_last_error(buffer: *mut c_char, capacity: usize) 
     .unwrap_or(0)
 }
 
-pub mod allocator;
 pub mod logging;
 
 pub use logging::{ComboLogCallback, ComboLogLevel};
 
 fn new_engine(config: Result<EngineConfig, Error>, out: *mut *mut ComboEngine) -> ComboStatus {
-    allocator::tune_for_inference();
     let made = config.and_then(Engine::new);
     match made {
         Ok(engine) => {

@@ -39,6 +39,9 @@ enum BenchKind {
     Packets(PacketArgs),
     /// The model alone, by batch size and N.
     Model(ModelArgs),
+    /// Offline replay through the C ABI with the real model (policy `wait`), against the
+    /// model's own throughput at the batch sizes the replay formed.
+    Replay(ReplayArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -47,6 +50,8 @@ enum Inference {
     Off,
     /// The real model on the inference thread, policy `drop` (live traffic).
     On,
+    /// Off and on, twice each, alternating; reports the ratio of the best runs.
+    Both,
 }
 
 #[derive(Args)]
@@ -89,10 +94,31 @@ struct ModelArgs {
     device: String,
 }
 
+#[derive(Args)]
+struct ReplayArgs {
+    /// Captures (files or folders) whose frames are replayed from memory.
+    #[arg(default_value = "../shared/data/ndpi-corpus/pcap")]
+    captures: Vec<PathBuf>,
+    #[arg(long)]
+    plugin: Option<PathBuf>,
+    #[arg(long, default_value = "models/default.card.toml")]
+    model: PathBuf,
+    /// libtorch threads (0: the engine's default).
+    #[arg(long, default_value_t = 0)]
+    model_threads: usize,
+    /// Largest batch the inference thread forms (`inference.max_batch`).
+    #[arg(long, default_value_t = EngineConfig::default().inference.max_batch)]
+    max_batch: usize,
+    /// Seconds the model alone is timed at each batch size.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+}
+
 pub fn run(args: BenchArgs) -> Result<()> {
     let results = match args.what {
         BenchKind::Packets(packet_args) => bench_packets(packet_args)?,
         BenchKind::Model(model_args) => bench_model(model_args)?,
+        BenchKind::Replay(replay_args) => bench_replay(replay_args)?,
     };
     if let Some(path) = args.json {
         std::fs::write(&path, serde_json::to_string_pretty(&results)?)
@@ -140,23 +166,99 @@ fn bench_packets(args: PacketArgs) -> Result<serde_json::Value> {
     let frames = load_frames(&args.captures)?;
     let bytes: usize = frames.iter().map(|f| f.data.len()).sum();
     println!("{} frames ({:.1} MB) loaded into memory", frames.len(), bytes as f64 / 1e6);
+    let plugin = Plugin::load(&args.plugin.clone().unwrap_or_else(default_path))?;
 
+    // Memory first, in a fresh heap: once libtorch has run, the tuned allocator keeps its
+    // freed blocks and new flows would reuse them unseen by the resident size.
+    let memory = idle_flow_memory(&plugin, &args)?;
+
+    let rounds: &[Inference] = match args.inference {
+        Inference::Off => &[Inference::Off],
+        Inference::On => &[Inference::On],
+        // Alternate so drifts of the machine (other load, frequency) hit both sides alike.
+        Inference::Both => &[Inference::Off, Inference::On, Inference::Off, Inference::On],
+    };
+    let mut runs = Vec::new();
+    for &inference in rounds {
+        runs.push(timed_replay(&plugin, &args, &frames, inference)?);
+    }
+    let best = |wanted: Inference| {
+        runs.iter()
+            .filter(|run| run.inference == wanted)
+            .map(|run| run.packets_per_second)
+            .fold(None, |best: Option<f64>, rate| Some(best.map_or(rate, |b| b.max(rate))))
+    };
+    let ratio = match (best(Inference::Off), best(Inference::On)) {
+        (Some(off), Some(on)) => {
+            println!(
+                "live policy: the packet path keeps {:.0} % of its inference-off rate with the \
+                 model saturated (best of each: {:.2} vs {:.2} M packets/s)",
+                100.0 * on / off,
+                on / 1e6,
+                off / 1e6
+            );
+            Some(on / off)
+        }
+        _ => None,
+    };
+    Ok(json!({
+        "frames": frames.len(),
+        "runs": runs.iter().map(TimedRun::to_json).collect::<Vec<_>>(),
+        "live_ratio": ratio,
+        "memory": memory,
+    }))
+}
+
+/// One timed replay of the frames through a fresh engine.
+struct TimedRun {
+    inference: Inference,
+    packets_per_second: f64,
+    ns_per_call: f64,
+    contexts: u64,
+    contexts_classified: u64,
+    contexts_dropped: u64,
+}
+
+impl TimedRun {
+    fn to_json(&self) -> serde_json::Value {
+        json!({
+            "inference": if self.inference == Inference::On { "on" } else { "off" },
+            "packets_per_second": self.packets_per_second,
+            "ns_per_process_call": self.ns_per_call,
+            "contexts": self.contexts,
+            "contexts_classified": self.contexts_classified,
+            "contexts_dropped": self.contexts_dropped,
+        })
+    }
+}
+
+fn engine_config(args: &PacketArgs, inference: Inference) -> EngineConfig {
     let mut config = EngineConfig::default();
     config.model.path = Some(args.model.clone());
-    config.model.backend = match args.inference {
-        Inference::Off => BackendKind::Null,
+    config.model.backend = match inference {
         Inference::On => BackendKind::Torch,
+        Inference::Off | Inference::Both => BackendKind::Null,
     };
     config.inference.on_full = FullRingPolicy::Drop;
     config.model.cpu_threads = args.model_threads;
     config.flows.max_flows = args.flows.max(65_536) + 1;
-    let plugin = Plugin::load(&args.plugin.clone().unwrap_or_else(default_path))?;
-    let engine = Arc::new(PluginEngine::new(&plugin, &toml::to_string(&config)?)?);
+    config
+}
+
+fn timed_replay(
+    plugin: &Arc<Plugin>,
+    args: &PacketArgs,
+    frames: &[Frame],
+    inference: Inference,
+) -> Result<TimedRun> {
+    let config = engine_config(args, inference);
+    let engine = Arc::new(PluginEngine::new(plugin, &toml::to_string(&config)?)?);
     let mut worker = engine.worker()?;
     let mut records = Vec::new();
 
-    // Whole passes over the frames until the time is up; each pass ends its flows, as the end
-    // of a capture does, so every pass does the same work.
+    // Whole passes over the frames until the time is up. Between passes (not timed) every flow
+    // ends as at the end of a capture, through the clock rather than `flush`, which would wait
+    // for the model to classify every padded context; so every pass does the same work.
     let budget = Duration::from_secs_f64(args.seconds);
     let started = Instant::now();
     let mut packets = 0u64;
@@ -174,25 +276,37 @@ fn bench_packets(args: PacketArgs) -> Result<serde_json::Value> {
         }
         process_time += pass.elapsed();
         packets += frames.len() as u64;
-        worker.flush(true)?;
+        worker.advance_clock(u64::MAX)?;
         worker.poll(&mut records)?;
         records.clear();
     }
     let stats = worker.stats()?;
-    let per_second = packets as f64 / process_time.as_secs_f64();
-    let ns_per_call = process_time.as_nanos() as f64 / packets as f64;
+    let run = TimedRun {
+        inference,
+        packets_per_second: packets as f64 / process_time.as_secs_f64(),
+        ns_per_call: process_time.as_nanos() as f64 / packets as f64,
+        contexts: stats.contexts,
+        contexts_classified: stats.contexts_classified,
+        contexts_dropped: stats.contexts_dropped,
+    };
     println!(
-        "packet path, inference {}: {:.2} M packets/s on one worker, {:.0} ns per process call",
-        if args.inference == Inference::Off { "off" } else { "on (drop policy)" },
-        per_second / 1e6,
-        ns_per_call
+        "packet path, inference {}: {:.2} M packets/s on one worker, {:.0} ns per process call; \
+         contexts {} sent, {} classified, {} dropped (ring full)",
+        if inference == Inference::On { "on (drop policy)" } else { "off" },
+        run.packets_per_second / 1e6,
+        run.ns_per_call,
+        run.contexts,
+        run.contexts_classified,
+        run.contexts_dropped
     );
-    println!(
-        "  contexts {} sent, {} classified, {} dropped (ring full)",
-        stats.contexts, stats.contexts_classified, stats.contexts_dropped
-    );
+    Ok(run)
+}
 
-    // Memory of idle flows: one small UDP packet each, so each holds one buffered packet.
+/// Resident memory of idle flows: one small UDP packet each, so each holds one buffered packet.
+fn idle_flow_memory(plugin: &Arc<Plugin>, args: &PacketArgs) -> Result<serde_json::Value> {
+    let config = engine_config(args, Inference::Off);
+    let engine = Arc::new(PluginEngine::new(plugin, &toml::to_string(&config)?)?);
+    let mut worker = engine.worker()?;
     let before = resident_bytes();
     let mut frame = synthetic_udp_frame();
     for flow in 0..args.flows as u32 {
@@ -212,17 +326,89 @@ fn bench_packets(args: PacketArgs) -> Result<serde_json::Value> {
         buffered,
         per_flow - buffered
     );
-    worker.flush(true)?;
     Ok(json!({
-        "frames": frames.len(),
-        "inference": if args.inference == Inference::Off { "off" } else { "on" },
-        "packets_per_second": per_second,
-        "ns_per_process_call": ns_per_call,
-        "contexts": stats.contexts,
-        "contexts_dropped": stats.contexts_dropped,
         "idle_flows": args.flows,
         "bytes_per_idle_flow": per_flow,
         "buffer_bytes_per_flow": buffered,
+    }))
+}
+
+fn bench_replay(args: ReplayArgs) -> Result<serde_json::Value> {
+    let frames = load_frames(&args.captures)?;
+    println!("{} frames loaded into memory", frames.len());
+    let plugin = Plugin::load(&args.plugin.clone().unwrap_or_else(default_path))?;
+    let mut config = EngineConfig::default();
+    config.model.path = Some(args.model.clone());
+    config.model.cpu_threads = args.model_threads;
+    config.inference.on_full = FullRingPolicy::Wait;
+    config.inference.max_batch = args.max_batch;
+    let engine = Arc::new(PluginEngine::new(&plugin, &toml::to_string(&config)?)?);
+
+    // As `combo replay` runs a capture: every frame, records drained as they come, then every
+    // flow ended and every context waited for.
+    let mut worker = engine.worker()?;
+    let mut records = Vec::new();
+    let started = Instant::now();
+    for (i, frame) in frames.iter().enumerate() {
+        worker.process(frame.link_type, frame.ts_nanos, &frame.data, frame.orig_len, i as u64)?;
+        if i % 1024 == 0 {
+            worker.poll(&mut records)?;
+            records.clear();
+        }
+    }
+    worker.flush(true)?;
+    worker.poll(&mut records)?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let worker_stats = worker.stats()?;
+    drop(worker);
+    let batches = engine.stats()?.batches.max(1);
+    drop(engine);
+    let classified = worker_stats.contexts_classified;
+    if worker_stats.contexts_dropped + worker_stats.contexts_failed > 0 {
+        bail!(
+            "{} contexts dropped and {} failed under the wait policy",
+            worker_stats.contexts_dropped,
+            worker_stats.contexts_failed
+        );
+    }
+    let pipeline_rate = classified as f64 / elapsed;
+    let mean_batch = classified as f64 / batches as f64;
+    println!(
+        "replay (policy wait): {classified} contexts in {elapsed:.1} s = {pipeline_rate:.1} \
+         contexts/s, {batches} batches of {mean_batch:.1} on average"
+    );
+
+    // The model alone, in this process, on the same threads, at the replay's batch sizes.
+    if let Ok(threads @ 1..) = i32::try_from(args.model_threads) {
+        tch::set_num_threads(threads);
+    }
+    let classifier = Classifier::load(&args.model, Device::Cpu)?;
+    let card = ModelCard::load(&args.model)?;
+    let context_bytes = card.packets_per_context * card.preprocess.packet_bytes;
+    let mut model_rates = Vec::new();
+    let mean = (mean_batch.round() as usize).max(1);
+    let sizes = if mean == args.max_batch { vec![mean] } else { vec![mean, args.max_batch] };
+    for batch in sizes {
+        let raw: Vec<u8> = (0..batch * context_bytes).map(|i| (i * 31 % 251) as u8).collect();
+        let mut probs = Vec::new();
+        let seconds = time_per_call(args.seconds, || {
+            classifier.predict(&raw, batch, &mut probs).map_err(Into::into)
+        })?;
+        let rate = batch as f64 / seconds;
+        println!(
+            "model alone, batch {batch}: {rate:.1} contexts/s; the replay reaches {:.0} % of it",
+            100.0 * pipeline_rate / rate
+        );
+        model_rates.push(json!({ "batch": batch, "contexts_per_second": rate }));
+    }
+    Ok(json!({
+        "contexts": classified,
+        "seconds": elapsed,
+        "contexts_per_second": pipeline_rate,
+        "batches": batches,
+        "mean_batch": mean_batch,
+        "model_alone": model_rates,
+        "threads": tch::get_num_threads(),
     }))
 }
 

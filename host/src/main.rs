@@ -53,6 +53,9 @@ enum Command {
     },
 }
 
+/// Freed CPU activation memory `combo train`, `eval` and `bench` keep for their next batch.
+const HOST_CPU_CACHE_BYTES: usize = 4 << 30;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::new()
@@ -60,8 +63,11 @@ fn main() -> ExitCode {
         .parse_env("RUST_LOG")
         .format_timestamp(None)
         .init();
-    // Before libtorch allocates anything: keep glibc from unmapping activations each batch.
-    combo_packet::allocator::tune_for_inference();
+    // Commands that run the model in this process keep freed activations for the next batch
+    // (replay leaves it to the plugin's engine, which sizes its own cache).
+    if !matches!(cli.command, Command::Replay(_)) {
+        combo_plugin::cpu_allocator::install(HOST_CPU_CACHE_BYTES);
+    }
     let result = match cli.command {
         Command::Dataset(args) => dataset::run(args).map(|()| ExitCode::SUCCESS),
         Command::Train(args) => train::run(args).map(|()| ExitCode::SUCCESS),

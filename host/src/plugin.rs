@@ -36,6 +36,7 @@ type WorkerProcess = unsafe extern "C" fn(
 type WorkerPoll =
     unsafe extern "C" fn(*mut ComboWorker, *mut ComboRecord, usize, *mut usize) -> ComboStatus;
 type WorkerFlush = unsafe extern "C" fn(*mut ComboWorker, u32) -> ComboStatus;
+type WorkerAdvanceClock = unsafe extern "C" fn(*mut ComboWorker, u64) -> ComboStatus;
 type WorkerStats = unsafe extern "C" fn(*const ComboWorker, *mut ComboStats) -> ComboStatus;
 
 /// The loaded library and the entry points the host uses.
@@ -51,6 +52,7 @@ pub struct Plugin {
     worker_process: WorkerProcess,
     worker_poll: WorkerPoll,
     worker_flush: WorkerFlush,
+    worker_advance_clock: WorkerAdvanceClock,
     worker_stats: WorkerStats,
     // Last field: the function pointers above must not outlive the library.
     _library: Library,
@@ -99,6 +101,7 @@ impl Plugin {
                 worker_process: *library.get(b"combo_worker_process\0")?,
                 worker_poll: *library.get(b"combo_worker_poll\0")?,
                 worker_flush: *library.get(b"combo_worker_flush\0")?,
+                worker_advance_clock: *library.get(b"combo_worker_advance_clock\0")?,
                 worker_stats: *library.get(b"combo_worker_stats\0")?,
                 _library: library,
             }))
@@ -289,6 +292,14 @@ impl PluginWorker {
         // SAFETY: live worker used only by this thread.
         let status = unsafe { (plugin.worker_flush)(self.handle, flags) };
         plugin.check(status, "flush")
+    }
+
+    /// Ends the flows idle at capture time `now_nanos` without waiting for the model.
+    pub fn advance_clock(&mut self, now_nanos: u64) -> Result<()> {
+        let plugin = &self.engine.plugin;
+        // SAFETY: live worker used only by this thread.
+        let status = unsafe { (plugin.worker_advance_clock)(self.handle, now_nanos) };
+        plugin.check(status, "advance clock")
     }
 
     pub fn stats(&self) -> Result<ComboStats> {

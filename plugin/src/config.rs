@@ -63,6 +63,9 @@ pub struct ModelConfig {
     pub device: String,
     /// Intra-op threads libtorch may use for CPU inference; 0 keeps libtorch's default.
     pub cpu_threads: usize,
+    /// Freed CPU activation memory the model may keep for the next batch, in MB; 0 sizes it
+    /// from a warm-up batch at start (twice what a full batch needed).
+    pub cpu_cache_mb: usize,
     /// Classes reported per record, best first (at most [`crate::MAX_TOP_K`]).
     pub top_k: usize,
     /// `torch` runs the model; `null` loads only the card and answers every context with
@@ -83,6 +86,7 @@ impl Default for ModelConfig {
             path: None,
             device: "auto".into(),
             cpu_threads: 0,
+            cpu_cache_mb: 0,
             top_k: 3,
             backend: BackendKind::Torch,
         }
@@ -244,6 +248,9 @@ impl EngineConfig {
         }
         if self.model.cpu_threads > MAX_CPU_THREADS {
             return bad("model.cpu_threads must be between 0 (libtorch's default) and 1024");
+        }
+        if self.model.cpu_cache_mb > 1 << 20 {
+            return bad("model.cpu_cache_mb must be at most 1048576 (1 TB)");
         }
         if self.inference.ring_capacity == 0 || self.inference.ring_capacity > 1 << 20 {
             return bad("inference.ring_capacity must be between 1 and 1048576");

@@ -26,6 +26,7 @@ use ringbuf::{HeapCons, HeapProd, HeapRb};
 use rustc_hash::FxHashMap;
 
 use crate::config::{BackendKind, EngineConfig, FullRingPolicy, PreprocessConfig, ShortFlowPolicy};
+use crate::cpu_allocator;
 use crate::flow::{Entry, FiveTuple, FlowKey, FlowTable, Removed};
 use crate::model::{Classifier, ModelCard, select_device};
 use crate::parse::{self, LinkType, Skip};
@@ -263,7 +264,29 @@ struct Job {
 struct WorkerLink {
     contexts: HeapCons<Job>,
     results: HeapProd<Job>,
-    closed: Arc<AtomicBool>,
+    signal: Arc<WorkerSignal>,
+}
+
+/// What a worker and the inference thread tell each other besides the rings.
+#[derive(Default)]
+struct WorkerSignal {
+    /// The worker is gone; its link ends once its ring is empty.
+    closed: AtomicBool,
+    /// The worker sleeps until results come back (policy `wait`, flush).
+    waiting: AtomicBool,
+    /// The thread that set `waiting`: a worker may move between threads, so it says which.
+    waiter: Mutex<Option<Thread>>,
+}
+
+impl WorkerSignal {
+    /// Wakes the worker if it sleeps waiting for results.
+    fn wake(&self) {
+        if self.waiting.load(Ordering::SeqCst) {
+            if let Some(thread) = lock(&self.waiter).as_ref() {
+                thread.unpark();
+            }
+        }
+    }
 }
 
 /// State shared by the engine handle, its workers and the inference thread.
@@ -331,11 +354,18 @@ impl Engine {
         if card.random_weights {
             log::warn!("model {} has random weights: its labels mean nothing", card.name);
         }
+        let cache_mb = config.model.cpu_cache_mb;
+        let max_batch = config.inference.max_batch;
         let factory: BackendFactory = Box::new(move || {
             if let Ok(threads @ 1..) = i32::try_from(threads) {
                 tch::set_num_threads(threads);
             }
-            Ok(Box::new(Classifier::load(&card_path, device)?) as Box<dyn Backend>)
+            let cached = device == tch::Device::Cpu && cpu_allocator::install(cache_mb << 20);
+            let classifier = Classifier::load(&card_path, device)?;
+            if cached && cache_mb == 0 {
+                size_cpu_cache(&classifier, max_batch)?;
+            }
+            Ok(Box::new(classifier) as Box<dyn Backend>)
         });
         Self::with_backend(config, spec, factory)
     }
@@ -472,6 +502,27 @@ impl Drop for Engine {
     }
 }
 
+/// Runs one full batch of zeros and lets the CPU cache keep twice the activation memory it
+/// needed: room for the blocks of full batches and of the smaller ones a flush sends.
+fn size_cpu_cache(classifier: &Classifier, max_batch: usize) -> Result<(), Error> {
+    let context_bytes =
+        classifier.card().packets_per_context * classifier.card().preprocess.packet_bytes;
+    cpu_allocator::reset_peak();
+    let before = cpu_allocator::counters();
+    let mut probs = Vec::new();
+    classifier.predict(&vec![0; max_batch * context_bytes], max_batch, &mut probs)?;
+    let after = cpu_allocator::counters();
+    let batch_bytes = after.peak_live_bytes.saturating_sub(before.live_bytes);
+    cpu_allocator::install(usize::try_from(batch_bytes.saturating_mul(2)).unwrap_or(usize::MAX));
+    log::info!(
+        "a batch of {max_batch} contexts uses {} MB of CPU activation memory; up to {} MB of it \
+         is kept for the next batches",
+        batch_bytes >> 20,
+        (batch_bytes * 2) >> 20
+    );
+    Ok(())
+}
+
 fn describe_differences(a: &PreprocessConfig, b: &PreprocessConfig) -> String {
     let (a, b) = (toml::to_string(a).unwrap_or_default(), toml::to_string(b).unwrap_or_default());
     let differing: Vec<String> = a
@@ -522,7 +573,7 @@ pub struct Worker {
     table: FlowTable<FlowState>,
     contexts: HeapProd<Job>,
     results: HeapCons<Job>,
-    closed: Arc<AtomicBool>,
+    signal: Arc<WorkerSignal>,
     free_jobs: Vec<Job>,
     jobs_created: usize,
     history_pool: Vec<Vec<u8>>,
@@ -556,6 +607,10 @@ pub fn context_due(kept: u64, n: usize, stride: u64) -> bool {
 /// Polls between two publications of a worker's counters to the engine (a mutex each).
 const POLLS_PER_PUBLISH: u32 = 1024;
 
+/// Longest sleep of a waiting worker between looks at its result ring; results wake it
+/// earlier. Bounds the wait should the inference thread die without waking anyone.
+const WAIT_RECHECK: Duration = Duration::from_millis(10);
+
 /// Most idle flows expired per packet, so one packet never pays for a mass expiry.
 const EXPIRIES_PER_PACKET: usize = 8;
 
@@ -565,9 +620,9 @@ impl Worker {
         let ring_capacity = config.inference.ring_capacity;
         let (contexts, consumer) = HeapRb::<Job>::new(ring_capacity).split();
         let (producer, results) = HeapRb::<Job>::new(ring_capacity).split();
-        let closed = Arc::new(AtomicBool::new(false));
+        let signal = Arc::new(WorkerSignal::default());
         let link =
-            WorkerLink { contexts: consumer, results: producer, closed: Arc::clone(&closed) };
+            WorkerLink { contexts: consumer, results: producer, signal: Arc::clone(&signal) };
         let index = shared.next_worker.fetch_add(1, Ordering::Relaxed);
         shared.live_workers.fetch_add(1, Ordering::AcqRel);
         // The receiver lives as long as the inference thread, which outlives every worker.
@@ -583,7 +638,7 @@ impl Worker {
             table: FlowTable::new(config.flows.max_flows),
             contexts,
             results,
-            closed,
+            signal,
             free_jobs: Vec::new(),
             jobs_created: 0,
             history_pool: Vec::new(),
@@ -757,9 +812,29 @@ impl Worker {
                 self.jobs_created -= lost;
                 return;
             }
-            self.shared.inference_thread.unpark();
-            thread::sleep(Duration::from_micros(50));
+            self.sleep_until_results();
         }
+    }
+
+    /// Sleeps until the inference thread returns jobs (or a short while passes). Sleeping,
+    /// not polling: on a machine with few cores a polling worker takes the core the model's
+    /// threads need, and the whole pipeline slows down to wait for itself.
+    fn sleep_until_results(&mut self) {
+        {
+            let mut waiter = lock(&self.signal.waiter);
+            let current = thread::current();
+            if waiter.as_ref().is_none_or(|thread| thread.id() != current.id()) {
+                *waiter = Some(current);
+            }
+        }
+        self.signal.waiting.store(true, Ordering::SeqCst);
+        // Look again after announcing the wait: a result pushed in between must not wait for
+        // the timeout.
+        if self.results.is_empty() {
+            self.shared.inference_thread.unpark();
+            thread::park_timeout(WAIT_RECHECK);
+        }
+        self.signal.waiting.store(false, Ordering::SeqCst);
     }
 
     /// Ends flows idle for longer than the timeout at capture time `now_nanos`; for live
@@ -891,8 +966,7 @@ impl Worker {
                     if (policy == FullRingPolicy::Wait || self.flushing)
                         && self.shared.inference_alive.load(Ordering::Acquire) =>
                 {
-                    self.shared.inference_thread.unpark();
-                    thread::sleep(Duration::from_micros(20));
+                    self.sleep_until_results();
                 }
                 _ => return None,
             }
@@ -1041,7 +1115,7 @@ impl Drop for Worker {
         counters.published.remove(&self.index);
         counters.retired.add(&self.stats);
         drop(counters);
-        self.closed.store(true, Ordering::Release);
+        self.signal.closed.store(true, Ordering::Release);
         self.shared.live_workers.fetch_sub(1, Ordering::AcqRel);
         self.shared.inference_thread.unpark();
     }
@@ -1182,12 +1256,16 @@ impl InferenceLoop {
             // Cannot fail: a worker never has more jobs out than its result ring holds.
             let _ = self.links[link].results.try_push(job);
         }
-        self.links
-            .retain(|link| !(link.closed.load(Ordering::Acquire) && link.contexts.is_empty()));
+        for link in &self.links {
+            link.signal.wake();
+        }
+        self.links.retain(|link| {
+            !(link.signal.closed.load(Ordering::Acquire) && link.contexts.is_empty())
+        });
     }
 
     fn finished(&mut self) -> bool {
-        self.links.retain(|link| !link.closed.load(Ordering::Acquire));
+        self.links.retain(|link| !link.signal.closed.load(Ordering::Acquire));
         self.shared.shutdown.load(Ordering::Acquire)
             && self.shared.live_workers.load(Ordering::Acquire) == 0
     }

@@ -7,6 +7,7 @@
 //! come back through a second ring per worker and are polled by the caller as records.
 
 pub mod config;
+pub mod cpu_allocator;
 pub mod engine;
 pub mod flow;
 pub mod model;
