@@ -16,9 +16,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <map>
 #include <mutex>
 #include <unordered_map>
-#include <vector>
 
 namespace {
 
@@ -29,6 +29,10 @@ constexpr size_t kAlignment = 64;
 
 // Rounds a size up to one of eight steps per power of two, so blocks of nearby sizes can be
 // reused for one another at a cost of at most 12.5 % of a block.
+//
+// A request takes the smallest cached block that holds it, up to twice its size: batches of
+// different sizes (a flush, a live link that fills batches only partly) then share blocks
+// instead of each caching its own.
 size_t size_class(size_t bytes) {
   size_t power = kSmallestCached;
   while (power < bytes / 2 && power <= SIZE_MAX / 4) {
@@ -101,14 +105,15 @@ class CachingCpuAllocator final : public c10::Allocator {
   void* take(size_t bytes) {
     {
       std::lock_guard<std::mutex> guard(mutex_);
-      auto found = free_.find(bytes);
-      if (found != free_.end() && !found->second.empty()) {
-        void* block = found->second.back();
-        found->second.pop_back();
+      auto found = free_.lower_bound(bytes);
+      if (found != free_.end() && found->first / 2 <= bytes) {
+        size_t block_bytes = found->first;
+        void* block = found->second;
+        free_.erase(found);
         counters_.hits += 1;
-        counters_.cached_bytes -= bytes;
-        note_live(bytes);
-        sizes_[block] = bytes;
+        counters_.cached_bytes -= block_bytes;
+        note_live(block_bytes);
+        sizes_[block] = block_bytes;
         return block;
       }
       counters_.misses += 1;
@@ -152,24 +157,25 @@ class CachingCpuAllocator final : public c10::Allocator {
       counters_.released += 1;
       return;
     }
-    free_[bytes].push_back(block);
+    free_.emplace(bytes, block);
     counters_.cached_bytes += bytes;
   }
 
-  // Frees cached blocks until at most `target` bytes stay cached. Caller holds the mutex.
+  // Frees cached blocks, largest first, until at most `target` bytes stay cached. Caller
+  // holds the mutex.
   void trim_to(size_t target) {
-    for (auto& [bytes, blocks] : free_) {
-      while (counters_.cached_bytes > target && !blocks.empty()) {
-        std::free(blocks.back());
-        blocks.pop_back();
-        counters_.cached_bytes -= bytes;
-        counters_.released += 1;
-      }
+    while (counters_.cached_bytes > target && !free_.empty()) {
+      auto largest = std::prev(free_.end());
+      std::free(largest->second);
+      counters_.cached_bytes -= largest->first;
+      counters_.released += 1;
+      free_.erase(largest);
     }
   }
 
   std::mutex mutex_;
-  std::unordered_map<size_t, std::vector<void*>> free_;
+  // Cached blocks by size.
+  std::multimap<size_t, void*> free_;
   std::unordered_map<void*, size_t> sizes_;
   Counters counters_;
   size_t limit_bytes_ = 0;

@@ -525,6 +525,18 @@ fn default_init(fan_in: i64) -> Init {
     Init::Uniform { lo: -bound, up: bound }
 }
 
+/// `xs * gate`. Without autograd (inference) in place, in `xs`'s own memory: the maps after
+/// convolution I are the largest tensors of the network, and each pass that allocates and
+/// writes a new one costs as much as the convolution itself on the CPU.
+fn scale(xs: &Tensor, gate: &Tensor) -> Result<Tensor, TchError> {
+    if xs.requires_grad() { xs.f_mul(gate) } else { xs.shallow_clone().f_mul_(gate) }
+}
+
+/// `relu(xs)`, in place without autograd (see [`scale`]).
+fn relu(xs: Tensor) -> Result<Tensor, TchError> {
+    if xs.requires_grad() { xs.f_relu() } else { xs.shallow_clone().f_relu_() }
+}
+
 /// Spatial attention: weighs each position by what all channels say about it.
 struct SpatialAttention {
     conv: Convolution,
@@ -545,7 +557,7 @@ impl SpatialAttention {
         let mean = xs.f_mean_dim(channels.as_slice(), true, None::<Kind>)?;
         let pooled = Tensor::f_cat(&[max, mean], 1)?;
         let gate = self.conv.forward(&pooled)?.f_sigmoid()?;
-        xs.f_mul(&gate)
+        scale(xs, &gate)
     }
 }
 
@@ -575,7 +587,7 @@ impl ChannelAttention {
         let average = xs.f_mean_dim(positions.as_slice(), false, None::<Kind>)?;
         let max = xs.f_amax(positions, false)?;
         let gate = self.mlp(&average)?.f_add(&self.mlp(&max)?)?.f_sigmoid()?;
-        xs.f_mul(&gate.f_unsqueeze(-1)?.f_unsqueeze(-1)?)
+        scale(xs, &gate.f_unsqueeze(-1)?.f_unsqueeze(-1)?)
     }
 }
 
@@ -744,7 +756,7 @@ impl ComboNet {
 
         // Convolution I looks at each packet on its own.
         let per_packet = xs.f_reshape([batch * n, 1, bytes])?;
-        let mut features = self.conv1.forward(&per_packet)?.f_relu()?;
+        let mut features = relu(self.conv1.forward(&per_packet)?)?;
         if let Some(attention) = &self.spatial1 {
             features = attention.forward(&features)?;
         }
@@ -752,7 +764,7 @@ impl ComboNet {
         // Convolution II spans the whole context: the packets are the rows of one map.
         let width = self.conv1_width as i64;
         let stacked = features.f_reshape([batch, n, CONV1_FILTERS, width])?;
-        let mut context = self.context_convolution(&stacked, batch)?.f_relu()?;
+        let mut context = relu(self.context_convolution(&stacked, batch)?)?;
         if let Some(attention) = &self.spatial2 {
             context = attention.forward(&context)?;
         }
