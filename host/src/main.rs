@@ -65,9 +65,10 @@ fn main() -> ExitCode {
         .init();
     // Commands that run the model in this process keep freed activations for the next batch
     // (replay leaves it to the plugin's engine, which sizes its own cache).
-    if !matches!(cli.command, Command::Replay(_)) {
-        combo_plugin::cpu_allocator::install(HOST_CPU_CACHE_BYTES);
-    }
+    let _cpu_cache = match cli.command {
+        Command::Replay(_) => None,
+        _ => combo_plugin::cpu_allocator::CacheUser::join(HOST_CPU_CACHE_BYTES),
+    };
     let result = match cli.command {
         Command::Dataset(args) => dataset::run(args).map(|()| ExitCode::SUCCESS),
         Command::Train(args) => train::run(args).map(|()| ExitCode::SUCCESS),

@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#include <set>
 #include <unordered_map>
 
 namespace {
@@ -70,12 +71,21 @@ class CachingCpuAllocator final : public c10::Allocator {
     default_copy_data(dest, src, count);
   }
 
-  // Engines share the process's allocator: the largest limit any of them asked for holds.
-  void raise_limit(size_t limit_bytes) {
+  // Engines share the process's allocator: while several use it, the largest limit any of
+  // them asked for holds; when the last one leaves, the cache is emptied.
+  void join(size_t limit_bytes) {
     std::lock_guard<std::mutex> guard(mutex_);
-    if (limit_bytes > limit_bytes_) {
-      limit_bytes_ = limit_bytes;
+    limits_.insert(limit_bytes);
+    apply_limits();
+  }
+
+  void leave(size_t limit_bytes) {
+    std::lock_guard<std::mutex> guard(mutex_);
+    auto found = limits_.find(limit_bytes);
+    if (found != limits_.end()) {
+      limits_.erase(found);
     }
+    apply_limits();
   }
 
   void reset_peak() {
@@ -134,6 +144,12 @@ class CachingCpuAllocator final : public c10::Allocator {
   }
 
   // Caller holds the mutex.
+  void apply_limits() {
+    limit_bytes_ = limits_.empty() ? 0 : *limits_.rbegin();
+    trim_to(limit_bytes_);
+  }
+
+  // Caller holds the mutex.
   void note_live(size_t bytes) {
     counters_.live_bytes += bytes;
     if (counters_.live_bytes > counters_.peak_live_bytes) {
@@ -178,6 +194,8 @@ class CachingCpuAllocator final : public c10::Allocator {
   std::multimap<size_t, void*> free_;
   std::unordered_map<void*, size_t> sizes_;
   Counters counters_;
+  // The limit of every user (engine, command) now using the cache.
+  std::multiset<size_t> limits_;
   size_t limit_bytes_ = 0;
 };
 
@@ -188,9 +206,10 @@ std::once_flag installed;
 
 extern "C" {
 
-// Makes the caching allocator libtorch's CPU allocator (once per process) and raises to
-// `limit_bytes` how many freed bytes it may keep. Returns 0 on success, 1 if libtorch
-// refused it.
+// Makes the caching allocator libtorch's CPU allocator (once per process) and registers a
+// user that lets it keep up to `limit_bytes` of freed blocks; each successful call is paired
+// with one `combo_cpu_allocator_leave` with the same limit. Returns 0 on success, 1 if
+// libtorch refused it (no user is registered then).
 int combo_cpu_allocator_install(size_t limit_bytes) {
   try {
     std::call_once(installed, [] {
@@ -199,14 +218,24 @@ int combo_cpu_allocator_install(size_t limit_bytes) {
       // Above the default allocator's priority (0), so libtorch uses ours from now on.
       c10::SetCPUAllocator(CachingCpuAllocator::instance, 1);
     });
-    CachingCpuAllocator::instance->raise_limit(limit_bytes);
-    return c10::GetCPUAllocator() == CachingCpuAllocator::instance ? 0 : 1;
+    if (c10::GetCPUAllocator() != CachingCpuAllocator::instance) {
+      return 1;
+    }
+    CachingCpuAllocator::instance->join(limit_bytes);
+    return 0;
   } catch (...) {
     return 1;
   }
 }
 
 // Counters since installation; all zero when not installed.
+// Ends a user registered by `combo_cpu_allocator_install` with this limit.
+void combo_cpu_allocator_leave(size_t limit_bytes) {
+  if (CachingCpuAllocator::instance != nullptr) {
+    CachingCpuAllocator::instance->leave(limit_bytes);
+  }
+}
+
 // Starts measuring the peak of live bytes afresh.
 void combo_cpu_allocator_reset_peak() {
   if (CachingCpuAllocator::instance != nullptr) {

@@ -12,28 +12,54 @@ unsafe extern "C" {
     fn combo_cpu_allocator_install(limit_bytes: usize) -> c_int;
     fn combo_cpu_allocator_counters(out: *mut [u64; 6]);
     fn combo_cpu_allocator_reset_peak();
+    fn combo_cpu_allocator_leave(limit_bytes: usize);
 }
 
 /// `COMBO_CPU_ALLOCATOR=default` in the environment keeps libtorch's own allocator (to
 /// measure the difference, or if a host installs its own).
 const OPT_OUT: &str = "COMBO_CPU_ALLOCATOR";
 
-/// Makes the caching allocator libtorch's CPU allocator for this process (once) and lets it
-/// keep up to `limit_bytes` of freed blocks (the largest limit asked for holds). Returns
-/// whether it is in use.
-pub fn install(limit_bytes: usize) -> bool {
-    if std::env::var(OPT_OUT).is_ok_and(|value| value == "default") {
-        log::debug!("{OPT_OUT}=default: libtorch keeps its own CPU allocator");
-        return false;
-    }
-    // SAFETY: takes a plain integer; the C++ side catches every exception.
-    let installed = unsafe { combo_cpu_allocator_install(limit_bytes) } == 0;
-    if installed {
+/// One user of the caching allocator (an engine, a command). While any user lives, freed
+/// blocks are kept up to the largest limit among them; when the last is dropped, the cache
+/// is emptied back to the system.
+#[derive(Debug)]
+pub struct CacheUser {
+    limit_bytes: usize,
+}
+
+impl CacheUser {
+    /// Makes the caching allocator libtorch's CPU allocator for this process (once) and joins
+    /// it with `limit_bytes`. `None` when it is not in use (opted out, or refused).
+    pub fn join(limit_bytes: usize) -> Option<Self> {
+        if std::env::var(OPT_OUT).is_ok_and(|value| value == "default") {
+            log::debug!("{OPT_OUT}=default: libtorch keeps its own CPU allocator");
+            return None;
+        }
+        // SAFETY: takes a plain integer; the C++ side catches every exception.
+        if unsafe { combo_cpu_allocator_install(limit_bytes) } != 0 {
+            log::warn!("libtorch refused the caching CPU allocator; CPU inference will be slower");
+            return None;
+        }
         log::debug!("libtorch CPU tensors: caching allocator, up to {} MB kept", limit_bytes >> 20);
-    } else {
-        log::warn!("libtorch refused the caching CPU allocator; CPU inference will be slower");
+        Some(Self { limit_bytes })
     }
-    installed
+
+    /// Changes this user's limit.
+    pub fn set_limit(&mut self, limit_bytes: usize) {
+        // SAFETY: both calls take plain integers; the allocator is installed (self exists).
+        unsafe {
+            combo_cpu_allocator_install(limit_bytes);
+            combo_cpu_allocator_leave(self.limit_bytes);
+        }
+        self.limit_bytes = limit_bytes;
+    }
+}
+
+impl Drop for CacheUser {
+    fn drop(&mut self) {
+        // SAFETY: pairs the install that made this user.
+        unsafe { combo_cpu_allocator_leave(self.limit_bytes) };
+    }
 }
 
 /// What the caching allocator did since it was installed.
@@ -71,7 +97,7 @@ mod tests {
 
     #[test]
     fn freed_large_tensors_are_reused_and_values_are_intact() {
-        assert!(install(64 << 20));
+        let _user = CacheUser::join(64 << 20).expect("the caching allocator installs");
         let before = counters();
         for round in 0..4 {
             let tensor = Tensor::full([1 << 18], round as f64, (Kind::Float, Device::Cpu));
@@ -81,5 +107,17 @@ mod tests {
         // One megabyte each: the first may be new, the later ones come from the cache.
         assert!(after.hits >= before.hits + 3, "{before:?} -> {after:?}");
         assert!(after.cached_bytes <= 64 << 20 || after.cached_bytes <= before.cached_bytes);
+    }
+
+    #[test]
+    fn the_cache_empties_when_its_last_user_leaves() {
+        // Other tests of this process may hold users; this one checks its own limit's effect
+        // only when it is alone, and always that leaving never grows the cache.
+        let user = CacheUser::join(32 << 20).expect("the caching allocator installs");
+        drop(Tensor::zeros([1 << 20], (Kind::Float, Device::Cpu)));
+        let with_user = counters();
+        drop(user);
+        let after = counters();
+        assert!(after.cached_bytes <= with_user.cached_bytes.max(32 << 20));
     }
 }

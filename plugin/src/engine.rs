@@ -26,7 +26,7 @@ use ringbuf::{HeapCons, HeapProd, HeapRb};
 use rustc_hash::FxHashMap;
 
 use crate::config::{BackendKind, EngineConfig, FullRingPolicy, PreprocessConfig, ShortFlowPolicy};
-use crate::cpu_allocator;
+use crate::cpu_allocator::{self, CacheUser};
 use crate::flow::{Entry, FiveTuple, FlowKey, FlowTable, Removed};
 use crate::model::{Classifier, ModelCard, select_device};
 use crate::parse::{self, LinkType, Skip};
@@ -46,6 +46,18 @@ pub type BackendFactory = Box<dyn FnOnce() -> Result<Box<dyn Backend>, Error> + 
 impl Backend for Classifier {
     fn infer(&mut self, raw: &[u8], batch: usize, probs: &mut Vec<f32>) -> Result<(), Error> {
         self.predict(raw, batch, probs)
+    }
+}
+
+/// The model and its share of the CPU cache, which ends with it (with the engine).
+struct CachedClassifier {
+    classifier: Classifier,
+    _cache: Option<CacheUser>,
+}
+
+impl Backend for CachedClassifier {
+    fn infer(&mut self, raw: &[u8], batch: usize, probs: &mut Vec<f32>) -> Result<(), Error> {
+        self.classifier.predict(raw, batch, probs)
     }
 }
 
@@ -360,12 +372,19 @@ impl Engine {
             if let Ok(threads @ 1..) = i32::try_from(threads) {
                 tch::set_num_threads(threads);
             }
-            let cached = device == tch::Device::Cpu && cpu_allocator::install(cache_mb << 20);
+            let mut cache = match device {
+                tch::Device::Cpu => CacheUser::join(cache_mb << 20),
+                _ => None,
+            };
             let classifier = Classifier::load(&card_path, device)?;
-            if cached && cache_mb == 0 {
-                size_cpu_cache(&classifier, max_batch)?;
+            if let Some(cache) = &mut cache {
+                if cache_mb == 0 {
+                    size_cpu_cache(&classifier, max_batch, cache)?;
+                } else {
+                    log::info!("up to {cache_mb} MB of CPU activation memory kept between batches");
+                }
             }
-            Ok(Box::new(classifier) as Box<dyn Backend>)
+            Ok(Box::new(CachedClassifier { classifier, _cache: cache }) as Box<dyn Backend>)
         });
         Self::with_backend(config, spec, factory)
     }
@@ -504,7 +523,11 @@ impl Drop for Engine {
 
 /// Runs one full batch of zeros and lets the CPU cache keep twice the activation memory it
 /// needed: room for the blocks of full batches and of the smaller ones a flush sends.
-fn size_cpu_cache(classifier: &Classifier, max_batch: usize) -> Result<(), Error> {
+fn size_cpu_cache(
+    classifier: &Classifier,
+    max_batch: usize,
+    cache: &mut CacheUser,
+) -> Result<(), Error> {
     let context_bytes =
         classifier.card().packets_per_context * classifier.card().preprocess.packet_bytes;
     cpu_allocator::reset_peak();
@@ -513,7 +536,7 @@ fn size_cpu_cache(classifier: &Classifier, max_batch: usize) -> Result<(), Error
     classifier.predict(&vec![0; max_batch * context_bytes], max_batch, &mut probs)?;
     let after = cpu_allocator::counters();
     let batch_bytes = after.peak_live_bytes.saturating_sub(before.live_bytes);
-    cpu_allocator::install(usize::try_from(batch_bytes.saturating_mul(2)).unwrap_or(usize::MAX));
+    cache.set_limit(usize::try_from(batch_bytes.saturating_mul(2)).unwrap_or(usize::MAX));
     log::info!(
         "a batch of {max_batch} contexts uses {} MB of CPU activation memory; up to {} MB of it \
          is kept for the next batches",
