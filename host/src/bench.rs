@@ -7,7 +7,7 @@
 //!   its counted FLOPs, and the GFLOP/s libtorch reaches on the same convolution and dense
 //!   shapes alone (the ceiling for this network on this machine).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -168,8 +168,9 @@ fn bench_packets(args: PacketArgs) -> Result<serde_json::Value> {
     println!("{} frames ({:.1} MB) loaded into memory", frames.len(), bytes as f64 / 1e6);
     let plugin = Plugin::load(&args.plugin.clone().unwrap_or_else(default_path))?;
 
-    // Memory first, in a fresh heap: once libtorch has run, the tuned allocator keeps its
-    // freed blocks and new flows would reuse them unseen by the resident size.
+    // Memory first, in a fresh heap: after the timed runs, their freed memory (engines, job
+    // pools, flow tables, activations) would be reused by the new flows unseen by the
+    // resident size.
     let memory = idle_flow_memory(&plugin, &args)?;
 
     let rounds: &[Inference] = match args.inference {
@@ -232,15 +233,21 @@ impl TimedRun {
     }
 }
 
-fn engine_config(args: &PacketArgs, inference: Inference) -> EngineConfig {
+/// The defaults, with the benchmark's model, policy and libtorch threads.
+fn bench_config(model: &Path, on_full: FullRingPolicy, model_threads: usize) -> EngineConfig {
     let mut config = EngineConfig::default();
-    config.model.path = Some(args.model.clone());
+    config.model.path = Some(model.to_path_buf());
+    config.inference.on_full = on_full;
+    config.model.cpu_threads = model_threads;
+    config
+}
+
+fn engine_config(args: &PacketArgs, inference: Inference) -> EngineConfig {
+    let mut config = bench_config(&args.model, FullRingPolicy::Drop, args.model_threads);
     config.model.backend = match inference {
         Inference::On => BackendKind::Torch,
         Inference::Off | Inference::Both => BackendKind::Null,
     };
-    config.inference.on_full = FullRingPolicy::Drop;
-    config.model.cpu_threads = args.model_threads;
     config.flows.max_flows = args.flows.max(65_536) + 1;
     config
 }
@@ -337,10 +344,7 @@ fn bench_replay(args: ReplayArgs) -> Result<serde_json::Value> {
     let frames = load_frames(&args.captures)?;
     println!("{} frames loaded into memory", frames.len());
     let plugin = Plugin::load(&args.plugin.clone().unwrap_or_else(default_path))?;
-    let mut config = EngineConfig::default();
-    config.model.path = Some(args.model.clone());
-    config.model.cpu_threads = args.model_threads;
-    config.inference.on_full = FullRingPolicy::Wait;
+    let mut config = bench_config(&args.model, FullRingPolicy::Wait, args.model_threads);
     config.inference.max_batch = args.max_batch;
     let engine = Arc::new(PluginEngine::new(&plugin, &toml::to_string(&config)?)?);
 
@@ -383,18 +387,11 @@ fn bench_replay(args: ReplayArgs) -> Result<serde_json::Value> {
         tch::set_num_threads(threads);
     }
     let classifier = Classifier::load(&args.model, Device::Cpu)?;
-    let card = ModelCard::load(&args.model)?;
-    let context_bytes = card.packets_per_context * card.preprocess.packet_bytes;
     let mut model_rates = Vec::new();
     let mean = (mean_batch.round() as usize).max(1);
     let sizes = if mean == args.max_batch { vec![mean] } else { vec![mean, args.max_batch] };
     for batch in sizes {
-        let raw: Vec<u8> = (0..batch * context_bytes).map(|i| (i * 31 % 251) as u8).collect();
-        let mut probs = Vec::new();
-        let seconds = time_per_call(args.seconds, || {
-            classifier.predict(&raw, batch, &mut probs).map_err(Into::into)
-        })?;
-        let rate = batch as f64 / seconds;
+        let rate = batch as f64 / seconds_per_batch(&classifier, batch, args.seconds)?;
         println!(
             "model alone, batch {batch}: {rate:.1} contexts/s; the replay reaches {:.0} % of it",
             100.0 * pipeline_rate / rate
@@ -466,12 +463,7 @@ fn bench_model(args: ModelArgs) -> Result<serde_json::Value> {
         let classifier = Classifier::new_random(card, device, 1)?;
         let flops = flops_per_context(packets, packet_bytes, args.attention, classes)?;
         for &batch in &args.batches {
-            let raw: Vec<u8> =
-                (0..batch * packets * packet_bytes).map(|i| (i * 31 % 251) as u8).collect();
-            let mut probs = Vec::new();
-            let seconds = time_per_call(args.seconds, || {
-                classifier.predict(&raw, batch, &mut probs).map_err(Into::into)
-            })?;
+            let seconds = seconds_per_batch(&classifier, batch, args.seconds)?;
             let reference = libtorch_reference(packets, packet_bytes, batch, args.seconds, device)?;
             let achieved = flops * batch as f64 / seconds / 1e9;
             println!(
@@ -489,6 +481,15 @@ fn bench_model(args: ModelArgs) -> Result<serde_json::Value> {
         }
     }
     Ok(json!({ "model": rows, "threads": tch::get_num_threads() }))
+}
+
+/// Seconds the classifier takes per batch of `batch` contexts of made-up bytes.
+fn seconds_per_batch(classifier: &Classifier, batch: usize, seconds: f64) -> Result<f64> {
+    let card = classifier.card();
+    let context_bytes = card.packets_per_context * card.preprocess.packet_bytes;
+    let raw: Vec<u8> = (0..batch * context_bytes).map(|i| (i * 31 % 251) as u8).collect();
+    let mut probs = Vec::new();
+    time_per_call(seconds, || classifier.predict(&raw, batch, &mut probs).map_err(Into::into))
 }
 
 /// GFLOP/s of libtorch on the network's two convolutions and first dense layer alone, with

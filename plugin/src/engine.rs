@@ -57,7 +57,7 @@ struct CachedClassifier {
 
 impl Backend for CachedClassifier {
     fn infer(&mut self, raw: &[u8], batch: usize, probs: &mut Vec<f32>) -> Result<(), Error> {
-        self.classifier.predict(raw, batch, probs)
+        self.classifier.infer(raw, batch, probs)
     }
 }
 
