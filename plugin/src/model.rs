@@ -551,14 +551,44 @@ impl SpatialAttention {
         Ok(Self { conv: Convolution::new(p, 2, 1, &kernel, &stride, &padding)? })
     }
 
+    /// xs: [B, C, H, W], channels first.
     fn forward(&self, xs: &Tensor) -> Result<Tensor, TchError> {
-        let channels = [1i64];
-        let max = xs.f_amax(channels, true)?;
-        let mean = xs.f_mean_dim(channels.as_slice(), true, None::<Kind>)?;
-        let pooled = Tensor::f_cat(&[max, mean], 1)?;
-        let gate = self.conv.forward(&pooled)?.f_sigmoid()?;
+        let (max, mean) = channel_max_and_mean(xs, 1)?;
+        let gate = self.gate(&Tensor::f_cat(&[max, mean], 1)?)?;
         scale(xs, &gate)
     }
+
+    /// xs: the packet maps as [B, W1, N, C] (position-major, channels last); each packet's
+    /// positions are weighed on their own, as the 1-D form over `[., C, W1]` does.
+    fn forward_packets(&self, xs: &Tensor) -> Result<Tensor, TchError> {
+        let &[batch, width, packets, _] = xs.size().as_slice() else {
+            return Err(TchError::Shape(format!("packet maps of shape {:?}", xs.size())));
+        };
+        // The pooled maps are small (2 values per position): reordering them is cheap.
+        let (max, mean) = channel_max_and_mean(xs, 3)?;
+        let pooled = Tensor::f_cat(&[max, mean], 3)?.f_permute([0, 2, 3, 1])?.f_reshape([
+            batch * packets,
+            2,
+            width,
+        ])?;
+        let gate = self
+            .gate(&pooled)?
+            .f_reshape([batch, packets, width])?
+            .f_permute([0, 2, 1])?
+            .f_unsqueeze(-1)?;
+        scale(xs, &gate)
+    }
+
+    fn gate(&self, pooled: &Tensor) -> Result<Tensor, TchError> {
+        self.conv.forward(pooled)?.f_sigmoid()
+    }
+}
+
+/// Maximum and mean over the channel dimension `dim`, kept as a dimension of size 1.
+fn channel_max_and_mean(xs: &Tensor, dim: i64) -> Result<(Tensor, Tensor), TchError> {
+    let max = xs.f_amax([dim], true)?;
+    let mean = xs.f_mean_dim([dim].as_slice(), true, None::<Kind>)?;
+    Ok((max, mean))
 }
 
 /// Channel attention (squeeze-excitation with average and max pooling): weighs each filter
@@ -755,16 +785,13 @@ impl ComboNet {
         };
 
         // Convolution I looks at each packet on its own.
-        let per_packet = xs.f_reshape([batch * n, 1, bytes])?;
-        let mut features = relu(self.conv1.forward(&per_packet)?)?;
+        let mut features = relu(self.packet_convolution(xs, batch)?)?;
         if let Some(attention) = &self.spatial1 {
-            features = attention.forward(&features)?;
+            features = attention.forward_packets(&features)?;
         }
 
         // Convolution II spans the whole context: the packets are the rows of one map.
-        let width = self.conv1_width as i64;
-        let stacked = features.f_reshape([batch, n, CONV1_FILTERS, width])?;
-        let mut context = relu(self.context_convolution(&stacked, batch)?)?;
+        let mut context = relu(self.context_convolution(&features, batch)?)?;
         if let Some(attention) = &self.spatial2 {
             context = attention.forward(&context)?;
         }
@@ -780,25 +807,49 @@ impl ComboNet {
 }
 
 impl ComboNet {
-    /// Convolution II, `[B, N, C, W1]` (packets, channels, positions) to `[B, F, 1, W2]`,
-    /// computed as one matrix product. Its kernel spans all N rows and its stride equals its
-    /// width, so output position j reads exactly columns 3j..3j+3 of every row: the windows do
-    /// not overlap, and laid side by side they make the convolution a
-    /// `[B*W2, C*N*3] x [C*N*3, F]` product. That runs at matrix-multiply speed, where
-    /// libtorch's direct 2-D convolution reached a fraction of it on these shapes (see
-    /// docs/PERFORMANCE.md). The weights keep the convolution's `[F, C, N, 3]` layout.
-    fn context_convolution(&self, stacked: &Tensor, batch: i64) -> Result<Tensor, TchError> {
-        let (n, w2, k) = (self.packets as i64, self.conv2_width as i64, CONV2_KERNEL);
-        let windows = stacked
-            .f_narrow(3, 0, w2 * k)?
-            .f_reshape([batch, n, CONV1_FILTERS, w2, k])?
-            .f_permute([0, 3, 2, 1, 4])?
-            .f_reshape([batch * w2, CONV1_FILTERS * n * k])?;
-        let weight = self.conv2.weight.f_reshape([CONV2_FILTERS, CONV1_FILTERS * n * k])?;
+    /// Convolution I, `[B, N, L]` bytes to maps `[B, W1, N, C]`: position-major, then packet,
+    /// then channel. Its windows (5 bytes, stride 3) are taken from the input as a view and
+    /// multiplied by the `[C, 1, 5]` weights as one `[B*W1*N, 5] x [5, C]` product, so the
+    /// largest tensor of the network is written once, with its channels contiguous: the
+    /// attention then pools along contiguous memory, and convolution II finds each of its
+    /// windows as one contiguous run (see `context_convolution`). libtorch's own 1-D
+    /// convolution writes `[B*N, C, W1]`, which made convolution II copy the whole map into
+    /// windows first; on the CPU that copy cost more than the product itself.
+    fn packet_convolution(&self, xs: &Tensor, batch: i64) -> Result<Tensor, TchError> {
+        let (n, width) = (self.packets as i64, self.conv1_width as i64);
+        let windows = xs
+            .f_unfold(2, CONV1_KERNEL, CONV1_STRIDE)?
+            .f_permute([0, 2, 1, 3])?
+            .f_reshape([batch * width * n, CONV1_KERNEL])?;
+        let weight = self.conv1.weight.f_reshape([CONV1_FILTERS, CONV1_KERNEL])?;
+        self.conv1.bias.f_addmm(&windows, &weight.f_tr()?)?.f_reshape([
+            batch,
+            width,
+            n,
+            CONV1_FILTERS,
+        ])
+    }
+
+    /// Convolution II, maps `[B, W1, N, C]` to `[B, F, 1, W2]`. Its kernel spans all N packets
+    /// and its stride equals its width (3), so output position j reads exactly positions
+    /// 3j..3j+3 of every packet: in the position-major map that is one contiguous run of
+    /// `3*N*C` values, and the convolution is a batch of `[W2, 3*N*C] x [3*N*C, F]` products
+    /// reading the map where it lies (only the single position past the last window keeps
+    /// the batch from being one plain matrix product). The weights keep the convolution's
+    /// `[F, C, N, 3]` layout and are reordered to match.
+    fn context_convolution(&self, features: &Tensor, batch: i64) -> Result<Tensor, TchError> {
+        let (n, width, w2, k) =
+            (self.packets as i64, self.conv1_width as i64, self.conv2_width as i64, CONV2_KERNEL);
+        let span = k * n * CONV1_FILTERS;
+        let windows = features
+            .f_reshape([batch, width, n * CONV1_FILTERS])?
+            .f_narrow(1, 0, w2 * k)?
+            .f_reshape([batch, w2, span])?;
+        let weight = self.conv2.weight.f_permute([3, 2, 1, 0])?.f_reshape([span, CONV2_FILTERS])?;
         self.conv2
             .bias
-            .f_addmm(&windows, &weight.f_tr()?)?
-            .f_reshape([batch, w2, CONV2_FILTERS])?
+            .f_expand([batch, w2, CONV2_FILTERS], false)?
+            .f_baddbmm(&windows, &weight.f_expand([batch, span, CONV2_FILTERS], false)?, 1, 1)?
             .f_permute([0, 2, 1])?
             .f_unsqueeze(2)
     }
@@ -1214,7 +1265,8 @@ mod tests {
                 [batch, n, CONV1_FILTERS, net.conv1_width as i64],
                 (Kind::Float, Device::Cpu),
             );
-            let fast = net.context_convolution(&stacked, batch).unwrap();
+            let position_major = stacked.permute([0, 3, 1, 2]).contiguous();
+            let fast = net.context_convolution(&position_major, batch).unwrap();
             let reference = stacked.permute([0, 2, 1, 3]).conv2d(
                 &net.conv2.weight,
                 Some(&net.conv2.bias),
@@ -1226,6 +1278,36 @@ mod tests {
             assert_eq!(fast.size(), reference.size());
             let difference = (fast - reference).abs().max().double_value(&[]);
             assert!(difference < 1e-3, "N={packets}: largest difference {difference}");
+        }
+    }
+
+    /// Convolution I as a product over byte windows, and the spatial attention on the
+    /// position-major maps, give what libtorch's 1-D convolution and the channels-first
+    /// attention give per packet, with the same weights.
+    #[test]
+    fn packet_features_equal_the_1d_convolution_and_attention() {
+        tch::manual_seed(5);
+        let _no_grad = tch::no_grad_guard();
+        for packets in SUPPORTED_PACKETS_PER_CONTEXT {
+            let store = nn::VarStore::new(Device::Cpu);
+            let net = ComboNet::try_new(&store.root(), packets, 1500, Attention::SaSe, 4).unwrap();
+            let (batch, n) = (2i64, packets as i64);
+            let bytes = Tensor::rand([batch, n, 1500], (Kind::Float, Device::Cpu));
+            let spatial = net.spatial1.as_ref().unwrap();
+            let fast = net.packet_convolution(&bytes, batch).unwrap().relu();
+            let fast = spatial.forward_packets(&fast).unwrap();
+
+            let per_packet = net.conv1.forward(&bytes.reshape([batch * n, 1, 1500])).unwrap();
+            let pooled_input = per_packet.relu();
+            let max = pooled_input.amax([1], true);
+            let mean = pooled_input.mean_dim([1].as_slice(), true, Kind::Float);
+            let gate = spatial.conv.forward(&Tensor::cat(&[max, mean], 1)).unwrap().sigmoid();
+            let reference = (&pooled_input * gate)
+                .reshape([batch, n, CONV1_FILTERS, net.conv1_width as i64])
+                .permute([0, 3, 1, 2]);
+            assert_eq!(fast.size(), reference.size());
+            let difference = (fast - reference).abs().max().double_value(&[]);
+            assert!(difference < 1e-4, "N={packets}: largest difference {difference}");
         }
     }
 }
