@@ -135,6 +135,13 @@ struct Frame {
 }
 
 fn load_frames(inputs: &[PathBuf]) -> Result<Vec<Frame>> {
+    if let Some(missing) = inputs.iter().find(|input| !input.exists()) {
+        bail!(
+            "{}: not found (the default captures are ndpi-corpus in ../shared beside the \
+             checkout; name capture files or folders instead, e.g. tests/data/demo.pcap)",
+            missing.display()
+        );
+    }
     let files = expand_inputs(inputs)?;
     let mut frames = Vec::new();
     for file in files {
@@ -298,13 +305,14 @@ fn timed_replay(
     };
     println!(
         "packet path, inference {}: {:.2} M packets/s on one worker, {:.0} ns per process call; \
-         contexts {} sent, {} classified, {} dropped (ring full)",
-        if inference == Inference::On { "on (drop policy)" } else { "off" },
+         contexts {} sent, {} classified, {} dropped (ring full), {} still in flight",
+        if inference == Inference::On { "on (drop policy)" } else { "off (null backend)" },
         run.packets_per_second / 1e6,
         run.ns_per_call,
         run.contexts,
         run.contexts_classified,
-        run.contexts_dropped
+        run.contexts_dropped,
+        run.contexts.saturating_sub(run.contexts_classified + run.contexts_dropped)
     );
     Ok(run)
 }
@@ -366,13 +374,18 @@ fn bench_replay(args: ReplayArgs) -> Result<serde_json::Value> {
     let worker_stats = worker.stats()?;
     drop(worker);
     let batches = engine.stats()?.batches.max(1);
-    drop(engine);
     let classified = worker_stats.contexts_classified;
     if worker_stats.contexts_dropped + worker_stats.contexts_failed > 0 {
         bail!(
             "{} contexts dropped and {} failed under the wait policy",
             worker_stats.contexts_dropped,
             worker_stats.contexts_failed
+        );
+    }
+    if batches < 10 {
+        println!(
+            "note: {batches} batches are too few to compare with the model alone; replay more \
+             packets (the default is all of ndpi-corpus)"
         );
     }
     let pipeline_rate = classified as f64 / elapsed;
@@ -382,7 +395,9 @@ fn bench_replay(args: ReplayArgs) -> Result<serde_json::Value> {
          contexts/s, {batches} batches of {mean_batch:.1} on average"
     );
 
-    // The model alone, in this process, on the same threads, at the replay's batch sizes.
+    // The model alone, in this process, on the same threads, at the replay's batch sizes. The
+    // engine stays alive (idle) meanwhile: libtorch's CPU allocator is now the plugin's, whose
+    // cache lives as long as an engine uses it.
     if let Ok(threads @ 1..) = i32::try_from(args.model_threads) {
         tch::set_num_threads(threads);
     }
@@ -398,7 +413,7 @@ fn bench_replay(args: ReplayArgs) -> Result<serde_json::Value> {
         );
         model_rates.push(json!({ "batch": batch, "contexts_per_second": rate }));
     }
-    Ok(json!({
+    let results = json!({
         "contexts": classified,
         "seconds": elapsed,
         "contexts_per_second": pipeline_rate,
@@ -406,7 +421,9 @@ fn bench_replay(args: ReplayArgs) -> Result<serde_json::Value> {
         "mean_batch": mean_batch,
         "model_alone": model_rates,
         "threads": tch::get_num_threads(),
-    }))
+    });
+    drop(engine);
+    Ok(results)
 }
 
 /// Ethernet, IPv4, UDP 40000 -> 443 with 32 bytes of payload; the source address varies.
@@ -437,6 +454,8 @@ fn time_per_call(seconds: f64, mut step: impl FnMut() -> Result<()>) -> Result<f
 }
 
 fn bench_model(args: ModelArgs) -> Result<serde_json::Value> {
+    // Random weights of a typical label set; the class count only sizes the output layer, a
+    // negligible share of the cost.
     let classes = 11;
     let packet_bytes = PreprocessConfig::default().packet_bytes;
     let device = select_device(&args.device)?;
