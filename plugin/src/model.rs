@@ -84,6 +84,12 @@ const CHANNEL_REDUCTION: i64 = 16;
 /// Units of the hidden fully connected layer (the paper gives none; ours keeps the totals
 /// near the paper's).
 const HIDDEN_UNITS: i64 = 100;
+/// Bytes of convolution I's maps that one chunk of a batch may take at inference on the CPU
+/// (see `ComboNet::packet_features`): small enough to stay in this class of CPU's caches (2 MB
+/// of L2 per core and 32 MB of L3 on the development machine). Measured there, with batches of
+/// 256 contexts, chunks of 3 to 24 MB all ran the model 15-25 % faster than the whole batch
+/// at once, 12 MB the fastest.
+const CPU_CHUNK_MAP_BYTES: i64 = 12 << 20;
 /// Dropout before the output layer, while training only.
 const DROPOUT: f64 = 0.5;
 
@@ -458,6 +464,17 @@ pub fn flops_per_context(
     Ok(conv1 + conv2 + dense + spatial + channel)
 }
 
+/// How a convolution's weight is laid out in memory (its shape is always `[out, in, ...]`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum WeightLayout {
+    /// libtorch's default: row-major in the shape's order.
+    Contiguous,
+    /// Input channels last (`[out, ..., in]` in memory), for 2-D convolutions over
+    /// channels-last maps: oneDNN then runs its own fast kernels without reordering the
+    /// weight at every call.
+    ChannelsLast,
+}
+
 /// A convolution's weights and geometry (1-D or 2-D, from the weight's rank).
 struct Convolution {
     weight: Tensor,
@@ -474,13 +491,30 @@ impl Convolution {
         kernel: &[i64],
         stride: &[i64],
         padding: &[i64],
+        layout: WeightLayout,
     ) -> Result<Self, TchError> {
-        let mut dims = vec![outputs, inputs];
-        dims.extend_from_slice(kernel);
         let fan_in = inputs * kernel.iter().product::<i64>();
         let init = default_init(fan_in);
+        let weight = match layout {
+            WeightLayout::Contiguous => {
+                let mut dims = vec![outputs, inputs];
+                dims.extend_from_slice(kernel);
+                p.f_var("weight", &dims, init)?
+            }
+            WeightLayout::ChannelsLast => {
+                // Drawn as [out, kernel..., in] and viewed in the shape's order; the weights
+                // file stores the shape's order as always (`save_weights` makes it contiguous).
+                let mut dims = vec![outputs];
+                dims.extend_from_slice(kernel);
+                dims.push(inputs);
+                let mut order: Vec<i64> = vec![0, dims.len() as i64 - 1];
+                order.extend(1..dims.len() as i64 - 1);
+                let drawn = nn::f_init(init, &dims, p.device(), Kind::Float)?;
+                p.add("weight", drawn.f_permute(order.as_slice())?, true)
+            }
+        };
         Ok(Self {
-            weight: p.f_var("weight", &dims, init)?,
+            weight,
             bias: p.f_var("bias", &[outputs], init)?,
             stride: stride.to_vec(),
             padding: padding.to_vec(),
@@ -548,34 +582,40 @@ impl SpatialAttention {
         let kernel = vec![SPATIAL_KERNEL; dims];
         let padding = vec![SPATIAL_KERNEL / 2; dims];
         let stride = vec![1; dims];
-        Ok(Self { conv: Convolution::new(p, 2, 1, &kernel, &stride, &padding)? })
+        let layout = WeightLayout::Contiguous;
+        Ok(Self { conv: Convolution::new(p, 2, 1, &kernel, &stride, &padding, layout)? })
     }
 
-    /// xs: [B, C, H, W], channels first.
+    /// xs: the context maps [B, C, 1, W]. They are one row high (convolution II spans all
+    /// the packets), so the rows of the 7 x 7 kernel above and below the middle only ever
+    /// meet the zero padding: the gate is the 1-D convolution with the middle row, the same
+    /// values at a quarter of the cost of libtorch's 2-D convolution on so small a map.
     fn forward(&self, xs: &Tensor) -> Result<Tensor, TchError> {
+        let &[batch, _, 1, width] = xs.size().as_slice() else {
+            return Err(TchError::Shape(format!("context maps of shape {:?}", xs.size())));
+        };
         let (max, mean) = channel_max_and_mean(xs, 1)?;
-        let gate = self.gate(&Tensor::f_cat(&[max, mean], 1)?)?;
+        let pooled = Tensor::f_cat(&[max, mean], 1)?.f_reshape([batch, 2, width])?;
+        let middle_row = self.conv.weight.f_select(2, SPATIAL_KERNEL / 2)?;
+        let gate = pooled
+            .f_conv1d(&middle_row, Some(&self.conv.bias), [1], [SPATIAL_KERNEL / 2], [1], 1)?
+            .f_sigmoid()?
+            .f_reshape([batch, 1, 1, width])?;
         scale(xs, &gate)
     }
 
-    /// xs: the packet maps as [B, W1, N, C] (position-major, channels last); each packet's
-    /// positions are weighed on their own, as the 1-D form over `[., C, W1]` does.
+    /// xs: the packet maps as [B, N, W1, C] (channels last); each packet's positions are
+    /// weighed on their own, as the 1-D form over `[., C, W1]` does.
     fn forward_packets(&self, xs: &Tensor) -> Result<Tensor, TchError> {
-        let &[batch, width, packets, _] = xs.size().as_slice() else {
+        let &[batch, packets, width, _] = xs.size().as_slice() else {
             return Err(TchError::Shape(format!("packet maps of shape {:?}", xs.size())));
         };
         // The pooled maps are small (2 values per position): reordering them is cheap.
         let (max, mean) = channel_max_and_mean(xs, 3)?;
-        let pooled = Tensor::f_cat(&[max, mean], 3)?.f_permute([0, 2, 3, 1])?.f_reshape([
-            batch * packets,
-            2,
-            width,
-        ])?;
-        let gate = self
-            .gate(&pooled)?
-            .f_reshape([batch, packets, width])?
-            .f_permute([0, 2, 1])?
-            .f_unsqueeze(-1)?;
+        let pooled = Tensor::f_cat(&[max, mean], 3)?
+            .f_reshape([batch * packets, width, 2])?
+            .f_transpose(1, 2)?;
+        let gate = self.gate(&pooled)?.f_reshape([batch, packets, width, 1])?;
         scale(xs, &gate)
     }
 
@@ -628,7 +668,6 @@ pub struct ComboNet {
     classes: usize,
     attention: Attention,
     conv1_width: usize,
-    conv2_width: usize,
     conv1: Convolution,
     spatial1: Option<SpatialAttention>,
     conv2: Convolution,
@@ -697,6 +736,7 @@ impl ComboNet {
             &[CONV1_KERNEL],
             &[CONV1_STRIDE],
             &[0],
+            WeightLayout::Contiguous,
         )?;
         let conv2 = Convolution::new(
             &(p / "conv2"),
@@ -705,6 +745,7 @@ impl ComboNet {
             &[n, CONV2_KERNEL],
             &[1, CONV2_STRIDE],
             &[0, 0],
+            WeightLayout::ChannelsLast,
         )?;
         let (spatial1, spatial2) = if attention.spatial() {
             let first = SpatialAttention::new(&(p / "spatial1"), 1)?;
@@ -727,7 +768,6 @@ impl ComboNet {
             classes,
             attention,
             conv1_width,
-            conv2_width,
             conv1,
             spatial1,
             conv2,
@@ -784,14 +824,7 @@ impl ComboNet {
             }
         };
 
-        // Convolution I looks at each packet on its own.
-        let mut features = relu(self.packet_convolution(xs, batch)?)?;
-        if let Some(attention) = &self.spatial1 {
-            features = attention.forward_packets(&features)?;
-        }
-
-        // Convolution II spans the whole context: the packets are the rows of one map.
-        let mut context = relu(self.context_convolution(&features, batch)?)?;
+        let mut context = self.convolutions(xs, batch, train)?;
         if let Some(attention) = &self.spatial2 {
             context = attention.forward(&context)?;
         }
@@ -807,51 +840,98 @@ impl ComboNet {
 }
 
 impl ComboNet {
-    /// Convolution I, `[B, N, L]` bytes to maps `[B, W1, N, C]`: position-major, then packet,
-    /// then channel. Its windows (5 bytes, stride 3) are taken from the input as a view and
-    /// multiplied by the `[C, 1, 5]` weights as one `[B*W1*N, 5] x [5, C]` product, so the
-    /// largest tensor of the network is written once, with its channels contiguous: the
-    /// attention then pools along contiguous memory, and convolution II finds each of its
-    /// windows as one contiguous run (see `context_convolution`). libtorch's own 1-D
-    /// convolution writes `[B*N, C, W1]`, which made convolution II copy the whole map into
-    /// windows first; on the CPU that copy cost more than the product itself.
-    fn packet_convolution(&self, xs: &Tensor, batch: i64) -> Result<Tensor, TchError> {
-        let (n, width) = (self.packets as i64, self.conv1_width as i64);
-        let windows = xs
-            .f_unfold(2, CONV1_KERNEL, CONV1_STRIDE)?
-            .f_permute([0, 2, 1, 3])?
-            .f_reshape([batch * width * n, CONV1_KERNEL])?;
-        let weight = self.conv1.weight.f_reshape([CONV1_FILTERS, CONV1_KERNEL])?;
-        self.conv1.bias.f_addmm(&windows, &weight.f_tr()?)?.f_reshape([
-            batch,
-            width,
-            n,
-            CONV1_FILTERS,
-        ])
+    /// Convolution I, its attention and convolution II with its ReLU: `[B, N, L]` bytes to
+    /// `[B, F, 1, W2]` (channels last in memory).
+    fn convolutions(&self, xs: &Tensor, batch: i64, train: bool) -> Result<Tensor, TchError> {
+        let features = self.packet_features(xs, batch, train)?;
+        // Convolution II spans the whole context: the packets are the rows of one map.
+        relu(self.context_convolution(&features)?)
     }
 
-    /// Convolution II, maps `[B, W1, N, C]` to `[B, F, 1, W2]`. Its kernel spans all N packets
-    /// and its stride equals its width (3), so output position j reads exactly positions
-    /// 3j..3j+3 of every packet: in the position-major map that is one contiguous run of
-    /// `3*N*C` values, and the convolution is a batch of `[W2, 3*N*C] x [3*N*C, F]` products
-    /// reading the map where it lies (only the single position past the last window keeps
-    /// the batch from being one plain matrix product). The weights keep the convolution's
-    /// `[F, C, N, 3]` layout and are reordered to match.
-    fn context_convolution(&self, features: &Tensor, batch: i64) -> Result<Tensor, TchError> {
-        let (n, width, w2, k) =
-            (self.packets as i64, self.conv1_width as i64, self.conv2_width as i64, CONV2_KERNEL);
-        let span = k * n * CONV1_FILTERS;
-        let windows = features
-            .f_reshape([batch, width, n * CONV1_FILTERS])?
-            .f_narrow(1, 0, w2 * k)?
-            .f_reshape([batch, w2, span])?;
-        let weight = self.conv2.weight.f_permute([3, 2, 1, 0])?.f_reshape([span, CONV2_FILTERS])?;
-        self.conv2
-            .bias
-            .f_expand([batch, w2, CONV2_FILTERS], false)?
-            .f_baddbmm(&windows, &weight.f_expand([batch, span, CONV2_FILTERS], false)?, 1, 1)?
-            .f_permute([0, 2, 1])?
-            .f_unsqueeze(2)
+    /// Convolution I with its ReLU and attention: `[B, N, L]` bytes to maps `[B, N, W1, C]`.
+    ///
+    /// At inference on the CPU the batch goes through in chunks whose maps fit in the cache
+    /// (see [`CPU_CHUNK_MAP_BYTES`]), each chunk written into its rows of the batch's maps:
+    /// these are the network's largest tensors, and the ReLU and the attention's pooling and
+    /// scaling each pass over them. With a whole batch's maps (100 MB at N = 1, batch 256)
+    /// every one of those passes went to memory; chunked, the maps go to memory once, and
+    /// convolution II then reads them once, for the whole batch (oneDNN runs its products
+    /// faster on large batches than on a chunk at a time).
+    fn packet_features(&self, xs: &Tensor, batch: i64, train: bool) -> Result<Tensor, TchError> {
+        let (n, width) = (self.packets as i64, self.conv1_width as i64);
+        let chunk = (CPU_CHUNK_MAP_BYTES / (n * width * CONV1_FILTERS * 4)).max(1);
+        if train || xs.device() != Device::Cpu || batch <= chunk || self.records_gradients()? {
+            return self.chunk_features(xs, batch, None);
+        }
+        let features = Tensor::f_empty([batch, n, width, CONV1_FILTERS], (xs.kind(), Device::Cpu))?;
+        let mut start = 0;
+        while start < batch {
+            let rows = chunk.min(batch - start);
+            let into = features.f_narrow(0, start, rows)?;
+            let _ = self.chunk_features(&xs.f_narrow(0, start, rows)?, rows, Some(&into))?;
+            start += rows;
+        }
+        Ok(features)
+    }
+
+    /// [`Self::packet_features`] of `batch` contexts, written into `into` (contiguous
+    /// `[batch, N, W1, C]`) when given.
+    fn chunk_features(
+        &self,
+        xs: &Tensor,
+        batch: i64,
+        into: Option<&Tensor>,
+    ) -> Result<Tensor, TchError> {
+        let mut features = relu(self.packet_convolution(xs, batch, into)?)?;
+        if let Some(attention) = &self.spatial1 {
+            features = attention.forward_packets(&features)?;
+        }
+        Ok(features)
+    }
+
+    /// Whether libtorch is recording operations for autograd: the result of an operation on
+    /// a weight requires a gradient only then (tch does not expose the grad mode itself, and
+    /// views do not tell: they keep their base's flag). Outputs written into a preallocated
+    /// tensor cannot be recorded.
+    fn records_gradients(&self) -> Result<bool, TchError> {
+        Ok(self.conv1.bias.f_neg()?.requires_grad())
+    }
+
+    /// Convolution I, `[B, N, L]` bytes to maps `[B, N, W1, C]`, channels last. Its windows
+    /// (5 bytes, stride 3) are taken from the input by `unfold` and multiplied by the
+    /// `[C, 1, 5]` weights as one `[B*N*W1, 5] x [5, C]` product, so the largest tensor of
+    /// the network is written once, with its channels contiguous: the attention then pools
+    /// along contiguous memory, and convolution II reads it as a channels-last map. libtorch's
+    /// own 1-D convolution writes `[B*N, C, W1]`, which would have to be reordered.
+    fn packet_convolution(
+        &self,
+        xs: &Tensor,
+        batch: i64,
+        into: Option<&Tensor>,
+    ) -> Result<Tensor, TchError> {
+        let (n, width) = (self.packets as i64, self.conv1_width as i64);
+        let rows = batch * n * width;
+        let windows =
+            xs.f_unfold(2, CONV1_KERNEL, CONV1_STRIDE)?.f_reshape([rows, CONV1_KERNEL])?;
+        let weight = self.conv1.weight.f_reshape([CONV1_FILTERS, CONV1_KERNEL])?.f_tr()?;
+        let maps = match into {
+            Some(into) => self.conv1.bias.f_addmm_out(
+                &into.f_view([rows, CONV1_FILTERS])?,
+                &windows,
+                &weight,
+            )?,
+            None => self.conv1.bias.f_addmm(&windows, &weight)?,
+        };
+        maps.f_view([batch, n, width, CONV1_FILTERS])
+    }
+
+    /// Convolution II, maps `[B, N, W1, C]` to `[B, F, 1, W2]` (channels last in memory). The
+    /// maps are handed to libtorch as the channels-last `[B, C, N, W1]` tensor they are, with
+    /// a channels-last weight: libtorch then runs oneDNN's convolution, which on this class of
+    /// CPU reached twice the GFLOP/s of the matrix product libtorch uses otherwise (MKL keeps
+    /// to AVX2 on AMD processors; oneDNN uses AVX-512).
+    fn context_convolution(&self, features: &Tensor) -> Result<Tensor, TchError> {
+        self.conv2.forward(&features.f_permute([0, 3, 1, 2])?)
     }
 }
 
@@ -1252,8 +1332,9 @@ fn load_weights(var_store: &nn::VarStore, path: &Path, precision: Precision) -> 
 mod tests {
     use super::*;
 
-    /// The matrix-product form of convolution II gives what libtorch's 2-D convolution gives
-    /// on the `[B, C, N, W1]` map with the same weights.
+    /// Convolution II on the channels-last maps, with its channels-last weight, gives what
+    /// libtorch's 2-D convolution gives on the contiguous `[B, C, N, W1]` map with a
+    /// contiguous copy of the weights.
     #[test]
     fn context_convolution_equals_the_2d_convolution() {
         tch::manual_seed(3);
@@ -1265,10 +1346,10 @@ mod tests {
                 [batch, n, CONV1_FILTERS, net.conv1_width as i64],
                 (Kind::Float, Device::Cpu),
             );
-            let position_major = stacked.permute([0, 3, 1, 2]).contiguous();
-            let fast = net.context_convolution(&position_major, batch).unwrap();
+            let channels_last = stacked.permute([0, 1, 3, 2]).contiguous();
+            let fast = net.context_convolution(&channels_last).unwrap();
             let reference = stacked.permute([0, 2, 1, 3]).conv2d(
-                &net.conv2.weight,
+                &net.conv2.weight.contiguous(),
                 Some(&net.conv2.bias),
                 [1, 3],
                 [0, 0],
@@ -1281,8 +1362,50 @@ mod tests {
         }
     }
 
+    /// The context maps' spatial attention, computed with the middle row of its kernel,
+    /// gives what libtorch's 7 x 7 convolution with zero padding gives on the one-row map.
+    #[test]
+    fn context_attention_equals_the_2d_convolution() {
+        tch::manual_seed(11);
+        let store = nn::VarStore::new(Device::Cpu);
+        let attention = SpatialAttention::new(&store.root(), 2).unwrap();
+        let xs = Tensor::randn([3, CONV2_FILTERS, 1, 166], (Kind::Float, Device::Cpu));
+        // Without autograd the attention scales its input in place: give it a copy.
+        let fast = attention.forward(&xs.copy()).unwrap();
+        let (max, mean) = channel_max_and_mean(&xs, 1).unwrap();
+        let gate = attention.conv.forward(&Tensor::cat(&[max, mean], 1)).unwrap().sigmoid();
+        let difference = (fast - &xs * gate).abs().max().double_value(&[]);
+        assert!(difference < 1e-5, "largest difference {difference}");
+        let two_rows = Tensor::zeros([1, CONV2_FILTERS, 2, 166], (Kind::Float, Device::Cpu));
+        assert!(attention.forward(&two_rows).is_err());
+    }
+
+    /// At inference on the CPU a batch larger than a chunk goes through convolution I and its
+    /// attention a chunk at a time; the logits equal those of the whole batch at once (the
+    /// path taken while autograd records).
+    #[test]
+    fn chunked_inference_equals_the_whole_batch() {
+        tch::manual_seed(7);
+        for (packets, batch) in [(1usize, 70i64), (5, 13)] {
+            let store = nn::VarStore::new(Device::Cpu);
+            let net = ComboNet::try_new(&store.root(), packets, 1500, Attention::SaSe, 4).unwrap();
+            let map_bytes = packets as i64 * net.conv1_width as i64 * CONV1_FILTERS * 4;
+            assert!(batch > 2 * (CPU_CHUNK_MAP_BYTES / map_bytes), "N={packets}: one chunk");
+            let xs =
+                Tensor::rand([batch, packets as i64, 1500], (Kind::Float, Device::Cpu)) * 2 - 1;
+            let whole = net.forward_t(&xs, false);
+            assert!(net.records_gradients().unwrap());
+            let chunked = tch::no_grad(|| {
+                assert!(!net.records_gradients().unwrap());
+                net.forward_t(&xs, false)
+            });
+            let difference = (whole.detach() - chunked).abs().max().double_value(&[]);
+            assert!(difference < 1e-4, "N={packets}: largest difference {difference}");
+        }
+    }
+
     /// Convolution I as a product over byte windows, and the spatial attention on the
-    /// position-major maps, give what libtorch's 1-D convolution and the channels-first
+    /// channels-last maps, give what libtorch's 1-D convolution and the channels-first
     /// attention give per packet, with the same weights.
     #[test]
     fn packet_features_equal_the_1d_convolution_and_attention() {
@@ -1294,7 +1417,7 @@ mod tests {
             let (batch, n) = (2i64, packets as i64);
             let bytes = Tensor::rand([batch, n, 1500], (Kind::Float, Device::Cpu));
             let spatial = net.spatial1.as_ref().unwrap();
-            let fast = net.packet_convolution(&bytes, batch).unwrap().relu();
+            let fast = net.packet_convolution(&bytes, batch, None).unwrap().relu();
             let fast = spatial.forward_packets(&fast).unwrap();
 
             let per_packet = net.conv1.forward(&bytes.reshape([batch * n, 1, 1500])).unwrap();
@@ -1304,7 +1427,7 @@ mod tests {
             let gate = spatial.conv.forward(&Tensor::cat(&[max, mean], 1)).unwrap().sigmoid();
             let reference = (&pooled_input * gate)
                 .reshape([batch, n, CONV1_FILTERS, net.conv1_width as i64])
-                .permute([0, 3, 1, 2]);
+                .permute([0, 1, 3, 2]);
             assert_eq!(fast.size(), reference.size());
             let difference = (fast - reference).abs().max().double_value(&[]);
             assert!(difference < 1e-4, "N={packets}: largest difference {difference}");
