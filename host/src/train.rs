@@ -147,12 +147,14 @@ impl Adam {
     }
 
     fn save(&self, path: &Path) -> Result<()> {
-        let mut named: Vec<(String, &Tensor)> = Vec::new();
+        // The moments take their variables' memory layouts (some weights are channels last);
+        // the safetensors writer takes contiguous tensors only.
+        let mut named: Vec<(String, Tensor)> = Vec::new();
         for (name, t) in &self.first {
-            named.push((format!("first.{name}"), t));
+            named.push((format!("first.{name}"), t.f_contiguous()?));
         }
         for (name, t) in &self.second {
-            named.push((format!("second.{name}"), t));
+            named.push((format!("second.{name}"), t.f_contiguous()?));
         }
         Tensor::write_safetensors(&named, path)
             .with_context(|| format!("cannot write {}", path.display()))
