@@ -1,5 +1,6 @@
 //! The network's size and shapes, prediction, card and weights files, and device names.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use combo_plugin::Error;
@@ -212,6 +213,17 @@ fn f32_weights_round_trip_bit_exact() {
     let original = Classifier::new_random(card.clone(), Device::Cpu, 3).unwrap();
     original.save(&card_path, Precision::F32).unwrap();
     assert!(dir.join("service.safetensors").is_file());
+
+    // Files hold every weight in its layer's own shape: the hidden layer's (a convolution
+    // over the whole context map in memory) as the linear layer's [units, F * W2].
+    let stored: BTreeMap<String, Vec<i64>> =
+        Tensor::read_safetensors(dir.join("service.safetensors"))
+            .unwrap()
+            .into_iter()
+            .map(|(name, tensor)| (name, tensor.size()))
+            .collect();
+    assert_eq!(stored["hidden.weight"], [100, 200 * 166]);
+    assert_eq!(stored["conv2.weight"], [200, 200, 5, 3]);
 
     let loaded = Classifier::load(&card_path, Device::Cpu).unwrap();
     assert_eq!(loaded.card().weights, "service.safetensors");
