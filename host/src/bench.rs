@@ -92,6 +92,10 @@ struct ModelArgs {
     /// auto, cpu, cuda, cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Mixed precision on a CUDA device (autocast, as `model.mixed_precision`), for the model
+    /// and libtorch alone; without effect on the CPU.
+    #[arg(long)]
+    mixed_precision: bool,
 }
 
 #[derive(Args)]
@@ -459,12 +463,14 @@ fn bench_model(args: ModelArgs) -> Result<serde_json::Value> {
     let classes = 11;
     let packet_bytes = PreprocessConfig::default().packet_bytes;
     let device = select_device(&args.device)?;
+    let autocast = args.mixed_precision && device.is_cuda();
     println!(
-        "threads: libtorch {} intra-op; attention {}; {} classes; {:?}",
+        "threads: libtorch {} intra-op; attention {}; {} classes; {:?}{}",
         tch::get_num_threads(),
         args.attention,
         classes,
-        device
+        device,
+        if autocast { ", mixed precision" } else { "" }
     );
     println!(
         "{:>2} {:>6} {:>12} {:>10} {:>10} {:>14} {:>8}",
@@ -479,7 +485,8 @@ fn bench_model(args: ModelArgs) -> Result<serde_json::Value> {
             args.attention,
             PreprocessConfig::default(),
         );
-        let classifier = Classifier::new_random(card, device, 1)?;
+        let mut classifier = Classifier::new_random(card, device, 1)?;
+        classifier.set_mixed_precision(autocast);
         let flops = flops_per_context(packets, packet_bytes, args.attention, classes)?;
         for &batch in &args.batches {
             // The model and libtorch alone take turns, and each keeps its best round: on a
@@ -489,8 +496,8 @@ fn bench_model(args: ModelArgs) -> Result<serde_json::Value> {
             let (mut seconds, mut reference_seconds) = (f64::INFINITY, f64::INFINITY);
             for _ in 0..MODEL_ROUNDS {
                 seconds = seconds.min(seconds_per_batch(&classifier, batch, round_seconds)?);
-                reference_seconds =
-                    reference_seconds.min(reference.seconds_per_call(round_seconds)?);
+                reference_seconds = reference_seconds
+                    .min(tch::autocast(autocast, || reference.seconds_per_call(round_seconds))?);
             }
             let reference = reference.flops / reference_seconds / 1e9;
             let achieved = flops * batch as f64 / seconds / 1e9;
@@ -508,7 +515,7 @@ fn bench_model(args: ModelArgs) -> Result<serde_json::Value> {
             }));
         }
     }
-    Ok(json!({ "model": rows, "threads": tch::get_num_threads() }))
+    Ok(json!({ "model": rows, "threads": tch::get_num_threads(), "mixed_precision": autocast }))
 }
 
 /// Seconds the classifier takes per batch of `batch` contexts of made-up bytes.

@@ -66,6 +66,10 @@ pub struct ModelConfig {
     /// Freed CPU activation memory the model may keep for the next batch, in MB; 0 sizes it
     /// from a warm-up batch at start (twice what a full batch needed).
     pub cpu_cache_mb: usize,
+    /// On a CUDA device, run the model in mixed precision (libtorch's autocast: convolutions
+    /// and products in half precision, reductions and the softmax in f32). Ignored on the CPU,
+    /// where half precision is slower.
+    pub mixed_precision: bool,
     /// Classes reported per record, best first (at most [`crate::MAX_TOP_K`]).
     pub top_k: usize,
     /// `torch` runs the model; `null` loads only the card and answers every context with
@@ -87,6 +91,7 @@ impl Default for ModelConfig {
             device: "auto".into(),
             cpu_threads: 0,
             cpu_cache_mb: 0,
+            mixed_precision: false,
             top_k: 3,
             backend: BackendKind::Torch,
         }

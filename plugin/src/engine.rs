@@ -368,6 +368,14 @@ impl Engine {
         }
         let cache_mb = config.model.cpu_cache_mb;
         let max_batch = config.inference.max_batch;
+        let mixed_precision = config.model.mixed_precision;
+        if mixed_precision {
+            if device.is_cuda() {
+                log::info!("mixed precision on {device:?}");
+            } else {
+                log::info!("model.mixed_precision applies on CUDA devices only: f32 on {device:?}");
+            }
+        }
         let factory: BackendFactory = Box::new(move || {
             if let Ok(threads @ 1..) = i32::try_from(threads) {
                 tch::set_num_threads(threads);
@@ -376,7 +384,8 @@ impl Engine {
                 tch::Device::Cpu => CacheUser::join(cache_mb << 20),
                 _ => None,
             };
-            let classifier = Classifier::load(&card_path, device)?;
+            let mut classifier = Classifier::load(&card_path, device)?;
+            classifier.set_mixed_precision(mixed_precision);
             if let Some(cache) = &mut cache {
                 if cache_mb == 0 {
                     size_cpu_cache(&classifier, max_batch, cache)?;

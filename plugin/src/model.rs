@@ -1039,6 +1039,7 @@ pub struct Classifier {
     var_store: nn::VarStore,
     net: ComboNet,
     device: Device,
+    mixed_precision: bool,
 }
 
 impl fmt::Debug for Classifier {
@@ -1067,7 +1068,7 @@ impl Classifier {
             card.attention,
             card.parameters
         );
-        Ok(Self { card, var_store, net, device })
+        Ok(Self { card, var_store, net, device, mixed_precision: false })
     }
 
     /// Reads the card at `card_path`, then the weights file it names (relative to the card's
@@ -1098,7 +1099,7 @@ impl Classifier {
             card.classes(),
             if card.random_weights { ", random weights" } else { "" },
         );
-        Ok(Self { card, var_store, net, device })
+        Ok(Self { card, var_store, net, device, mixed_precision: false })
     }
 
     /// Writes the weights as `<stem>.safetensors` next to `card_path` (`x.card.toml` ->
@@ -1154,6 +1155,12 @@ impl Classifier {
         count_parameters(&self.var_store)
     }
 
+    /// Whether [`Self::predict`] runs in mixed precision on a CUDA device (see
+    /// `ModelConfig::mixed_precision`); the CPU always runs f32.
+    pub fn set_mixed_precision(&mut self, on: bool) {
+        self.mixed_precision = on;
+    }
+
     /// Classifies `batch` contexts. `raw` holds batch * N * packet_bytes pre-processed bytes,
     /// context after context; `probs` receives batch * classes softmax probabilities, row
     /// after row (it is cleared first, and left empty on error). Never panics.
@@ -1175,7 +1182,8 @@ impl Classifier {
 
         // No autograd graph: inference only, and it halves the memory.
         let _no_grad = tch::no_grad_guard();
-        let logits = self.net.f_forward_t(&xs, false)?;
+        let autocast = self.mixed_precision && self.device.is_cuda();
+        let logits = tch::autocast(autocast, || self.net.f_forward_t(&xs, false))?;
         let rows = logits.f_softmax(-1, Kind::Float)?.f_to_device(Device::Cpu)?.f_contiguous()?;
 
         let values = batch * self.net.classes;

@@ -179,8 +179,10 @@ fn predict_gives_deterministic_probabilities() {
     }
     assert_eq!(predict(&classifier, &raw, batch), probs, "same input, same output");
 
-    // The seed alone fixes the weights.
-    let twin = Classifier::new_random(card.clone(), Device::Cpu, 7).unwrap();
+    // The seed alone fixes the weights; mixed precision is for CUDA and changes nothing here.
+    let mut twin = Classifier::new_random(card.clone(), Device::Cpu, 7).unwrap();
+    assert_eq!(predict(&twin, &raw, batch), probs);
+    twin.set_mixed_precision(true);
     assert_eq!(predict(&twin, &raw, batch), probs);
     let other = Classifier::new_random(card, Device::Cpu, 8).unwrap();
     assert_ne!(predict(&other, &raw, batch), probs);
