@@ -899,7 +899,14 @@ impl ComboNet {
         while start < batch {
             let rows = chunk.min(batch - start);
             let into = features.f_narrow(0, start, rows)?;
-            let _ = self.chunk_features(&xs.f_narrow(0, start, rows)?, rows, Some(&into))?;
+            let chunk_features =
+                self.chunk_features(&xs.f_narrow(0, start, rows)?, rows, Some(&into))?;
+            // The ReLU and the attention's scaling work in place without autograd, so the
+            // chunk's maps are already in `into`; should a step ever return a new tensor
+            // instead, copy it rather than lose it.
+            if chunk_features.data_ptr() != into.data_ptr() {
+                let _ = into.shallow_clone().f_copy_(&chunk_features)?;
+            }
             start += rows;
         }
         Ok(features)
