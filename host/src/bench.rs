@@ -394,9 +394,12 @@ fn bench_replay(args: ReplayArgs) -> Result<serde_json::Value> {
     }
     let pipeline_rate = classified as f64 / elapsed;
     let mean_batch = classified as f64 / batches as f64;
+    let packet_rate = frames.len() as f64 / elapsed;
     println!(
-        "replay (policy wait): {classified} contexts in {elapsed:.1} s = {pipeline_rate:.1} \
-         contexts/s, {batches} batches of {mean_batch:.1} on average"
+        "replay (policy wait): {} packets and {classified} contexts in {elapsed:.1} s = \
+         {packet_rate:.0} packets/s, {pipeline_rate:.1} contexts/s, {batches} batches of \
+         {mean_batch:.1} on average",
+        frames.len()
     );
 
     // The model alone, in this process, on the same threads, at the replay's batch sizes. The
@@ -418,6 +421,8 @@ fn bench_replay(args: ReplayArgs) -> Result<serde_json::Value> {
         model_rates.push(json!({ "batch": batch, "contexts_per_second": rate }));
     }
     let results = json!({
+        "packets": frames.len(),
+        "packets_per_second": packet_rate,
         "contexts": classified,
         "seconds": elapsed,
         "contexts_per_second": pipeline_rate,
