@@ -17,10 +17,37 @@ fn last_error() -> String {
     unsafe { CStr::from_ptr(buffer.as_ptr()) }.to_string_lossy().into_owned()
 }
 
-/// A random-weight model with two labels in a fresh folder; returns its card.
-fn random_model(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("combo-abi-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// A scratch folder under the system's temporary folder, removed when the test passes and
+/// kept, for a look, when it fails.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A random-weight model with three labels in a fresh folder; returns the folder and the card.
+fn random_model(name: &str) -> (Scratch, PathBuf) {
+    let dir = Scratch::new(&format!("combo-abi-{name}"));
     let card = ModelCard {
         format: 1,
         name: "abi-test".into(),
@@ -36,7 +63,7 @@ fn random_model(name: &str) -> PathBuf {
     };
     let path = dir.join("abi.card.toml");
     Classifier::new_random(card, tch::Device::Cpu, 7).unwrap().save(&path, Precision::F32).unwrap();
-    path
+    (dir, path)
 }
 
 fn engine_for(card: &Path) -> *mut ComboEngine {
@@ -150,7 +177,7 @@ fn bad_configurations_are_errors_not_crashes() {
 
 #[test]
 fn preprocessing_mismatch_is_refused() {
-    let card = random_model("mismatch");
+    let (_dir, card) = random_model("mismatch");
     let toml = format!(
         "[model]\npath = {:?}\n[preprocess]\npad_udp_header = false\n",
         card.display().to_string()
@@ -165,7 +192,7 @@ fn preprocessing_mismatch_is_refused() {
 
 #[test]
 fn a_flow_goes_in_and_labels_come_out() {
-    let card = random_model("lifecycle");
+    let (_dir, card) = random_model("lifecycle");
     let engine = engine_for(&card);
     // SAFETY: every pointer below is a live handle or a valid buffer of the stated length.
     unsafe {

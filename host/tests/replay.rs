@@ -78,6 +78,34 @@ fn read_classic_pcap(path: &Path) -> (u32, Vec<(u64, Vec<u8>, u32)>) {
     (link_type, frames)
 }
 
+/// A scratch folder under the system's temporary folder, removed when the test passes and
+/// kept, for a look, when it fails.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 #[test]
 fn demo_capture_replays_with_labels_and_consistent_counters() {
     let (code, lines, stderr) = replay(&[demo().to_str().unwrap(), "--workers", "2"]);
@@ -143,8 +171,7 @@ fn labels_through_the_so_equal_labels_through_the_rust_api() {
 
 #[test]
 fn c_example_builds_and_classifies_the_demo_capture() {
-    let out_dir = std::env::temp_dir().join(format!("combo-c-example-{}", std::process::id()));
-    std::fs::create_dir_all(&out_dir).unwrap();
+    let out_dir = Scratch::new("combo-c-example");
     let library_dir = Path::new(env!("CARGO_BIN_EXE_combo")).parent().unwrap().to_path_buf();
     assert!(
         library_dir.join("libcombo_packet.so").exists(),
@@ -195,8 +222,7 @@ fn c_example_builds_and_classifies_the_demo_capture() {
 
 #[test]
 fn unreadable_files_are_named_with_their_offset_and_the_rest_go_on() {
-    let dir = std::env::temp_dir().join(format!("combo-bad-files-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("combo-bad-files");
     let garbage = dir.join("garbage.pcap");
     std::fs::write(&garbage, b"this is not a capture file at all").unwrap();
     let truncated = dir.join("truncated.pcap");
@@ -233,8 +259,7 @@ fn ndpi_corpus_replays_without_a_crash_and_counters_add_up() {
         })
         .count();
     // One context per flow keeps this test's model time short; the pipeline is the same.
-    let dir = std::env::temp_dir().join(format!("combo-corpus-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("combo-corpus");
     let config = dir.join("engine.toml");
     std::fs::write(
         &config,
