@@ -72,8 +72,8 @@ struct PacketArgs {
     /// Idle flows created for the memory measurement.
     #[arg(long, default_value_t = 100_000)]
     flows: usize,
-    /// libtorch threads of the inference thread with `--inference on` (0: libtorch's default,
-    /// one per core, which then competes with the packet path for cores).
+    /// libtorch threads of the inference thread with `--inference on` (0: the engine's
+    /// default, one fewer than the CPUs).
     #[arg(long, default_value_t = 0)]
     model_threads: usize,
 }
@@ -107,7 +107,8 @@ struct ReplayArgs {
     plugin: Option<PathBuf>,
     #[arg(long, default_value = "models/default.card.toml")]
     model: PathBuf,
-    /// libtorch threads (0: the engine's default).
+    /// libtorch threads (0: the engine's default, one fewer than the CPUs); the model alone
+    /// is timed on as many.
     #[arg(long, default_value_t = 0)]
     model_threads: usize,
     /// Largest batch the inference thread forms (`inference.max_batch`).
@@ -405,9 +406,7 @@ fn bench_replay(args: ReplayArgs) -> Result<serde_json::Value> {
     // The model alone, in this process, on the same threads, at the replay's batch sizes. The
     // engine stays alive (idle) meanwhile: libtorch's CPU allocator is now the plugin's, whose
     // cache lives as long as an engine uses it.
-    if let Ok(threads @ 1..) = i32::try_from(args.model_threads) {
-        tch::set_num_threads(threads);
-    }
+    tch::set_num_threads(i32::try_from(config.model.effective_cpu_threads()).unwrap_or(i32::MAX));
     let classifier = Classifier::load(&args.model, Device::Cpu)?;
     let mut model_rates = Vec::new();
     let mean = (mean_batch.round() as usize).max(1);

@@ -53,7 +53,7 @@ pub struct TrainArgs {
     /// auto, cpu, cuda, cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// libtorch CPU threads (0: libtorch's default).
+    /// libtorch CPU threads (0: libtorch's default, one per CPU: training has the machine).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     /// Continue from the checkpoint beside --out.

@@ -61,7 +61,8 @@ pub struct ModelConfig {
     pub path: Option<PathBuf>,
     /// `auto` (CUDA when present, else CPU), `cpu`, `cuda` or `cuda:<index>`.
     pub device: String,
-    /// Intra-op threads libtorch may use for CPU inference; 0 keeps libtorch's default.
+    /// Intra-op threads libtorch may use for CPU inference; 0 picks one fewer than the CPUs
+    /// this process may run on (see [`ModelConfig::effective_cpu_threads`]).
     pub cpu_threads: usize,
     /// Freed CPU activation memory the model may keep for the next batch, in MB; 0 sizes it
     /// from a warm-up batch at start (twice what a full batch needed).
@@ -82,6 +83,24 @@ pub struct ModelConfig {
 pub enum BackendKind {
     Torch,
     Null,
+}
+
+impl ModelConfig {
+    /// The intra-op threads the engine gives libtorch: `cpu_threads`, or for 0 one fewer than
+    /// the CPUs this process may run on, and at least one.
+    ///
+    /// libtorch's own default, one per CPU, does not fit a packet engine: the model's OpenMP
+    /// threads spin while they wait for each other, on the cores the capture threads need,
+    /// and whenever one of them is descheduled the others wait. Measured on 2 cores with
+    /// another program busy on one: an offline corpus replay classified 88 contexts/s with 2
+    /// threads and 615 with 1; on an idle machine 2 threads are about twice as fast, so a
+    /// host that only replays captures may set `cpu_threads` to its core count.
+    pub fn effective_cpu_threads(&self) -> usize {
+        if self.cpu_threads > 0 {
+            return self.cpu_threads;
+        }
+        std::thread::available_parallelism().map_or(1, |cpus| cpus.get().saturating_sub(1).max(1))
+    }
 }
 
 impl Default for ModelConfig {
@@ -252,7 +271,7 @@ impl EngineConfig {
             return bad("inference.max_pending_records must be at most 16777216");
         }
         if self.model.cpu_threads > MAX_CPU_THREADS {
-            return bad("model.cpu_threads must be between 0 (libtorch's default) and 1024");
+            return bad("model.cpu_threads must be between 0 (one fewer than the CPUs) and 1024");
         }
         if self.model.cpu_cache_mb > 1 << 20 {
             return bad("model.cpu_cache_mb must be at most 1048576 (1 TB)");

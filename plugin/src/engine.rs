@@ -354,7 +354,7 @@ impl Engine {
             return Self::with_backend(config, spec, factory);
         }
         let device = select_device(&config.model.device)?;
-        let threads = config.model.cpu_threads;
+        let threads = config.model.effective_cpu_threads();
         log::info!(
             "model {} ({} classes, N={}, attention {}) on {:?}",
             card.name,
@@ -376,10 +376,11 @@ impl Engine {
                 log::info!("model.mixed_precision applies on CUDA devices only: f32 on {device:?}");
             }
         }
+        log::info!("{threads} libtorch CPU thread(s) (model.cpu_threads)");
         let factory: BackendFactory = Box::new(move || {
-            if let Ok(threads @ 1..) = i32::try_from(threads) {
-                tch::set_num_threads(threads);
-            }
+            // Set on the inference thread, which runs the model: OpenMP keeps a thread count
+            // per calling thread (libtorch also takes it for threads that start using it later).
+            tch::set_num_threads(i32::try_from(threads).unwrap_or(i32::MAX));
             let mut cache = match device {
                 tch::Device::Cpu => CacheUser::join(cache_mb << 20),
                 _ => None,

@@ -1144,3 +1144,13 @@ fn engine_drops_cleanly_with_and_without_work() {
         drop(engine);
     });
 }
+
+#[test]
+fn the_model_leaves_capture_threads_a_core_unless_told_otherwise() {
+    let mut model = EngineConfig::default().model;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(model.cpu_threads, 0);
+    assert_eq!(model.effective_cpu_threads(), cpus.saturating_sub(1).max(1));
+    model.cpu_threads = 7;
+    assert_eq!(model.effective_cpu_threads(), 7);
+}
