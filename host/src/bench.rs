@@ -22,7 +22,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::capture::CaptureReader;
 use crate::plugin::{Plugin, PluginEngine, default_path};
-use crate::replay::expand_inputs;
+use crate::replay::{expand_inputs, model_or_default};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -59,11 +59,16 @@ struct PacketArgs {
     /// Captures (files or folders) whose frames are replayed from memory.
     #[arg(default_value = "../shared/data/ndpi-corpus/pcap")]
     captures: Vec<PathBuf>,
+    /// The plugin (.so) to load; by default the one built beside this program.
     #[arg(long)]
     plugin: Option<PathBuf>,
-    /// Model card (labels, N and pre-processing; weights only with `--inference on`).
-    #[arg(long, default_value = "models/default.card.toml")]
-    model: PathBuf,
+    /// Model card (labels, N and pre-processing; weights only with `--inference on`); by
+    /// default the one `combo replay` takes.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// `--model`, or the default found.
+    #[arg(skip)]
+    model_path: PathBuf,
     #[arg(long, value_enum, default_value_t = Inference::Off)]
     inference: Inference,
     /// Seconds of replay to time (whole passes over the frames).
@@ -103,10 +108,15 @@ struct ReplayArgs {
     /// Captures (files or folders) whose frames are replayed from memory.
     #[arg(default_value = "../shared/data/ndpi-corpus/pcap")]
     captures: Vec<PathBuf>,
+    /// The plugin (.so) to load; by default the one built beside this program.
     #[arg(long)]
     plugin: Option<PathBuf>,
-    #[arg(long, default_value = "models/default.card.toml")]
-    model: PathBuf,
+    /// Model card; by default the one `combo replay` takes.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// `--model`, or the default found.
+    #[arg(skip)]
+    model_path: PathBuf,
     /// libtorch threads (0: the engine's default, one fewer than the CPUs); the model alone
     /// is timed on as many.
     #[arg(long, default_value_t = 0)]
@@ -174,7 +184,8 @@ fn resident_bytes() -> u64 {
     pages * 4096
 }
 
-fn bench_packets(args: PacketArgs) -> Result<serde_json::Value> {
+fn bench_packets(mut args: PacketArgs) -> Result<serde_json::Value> {
+    args.model_path = model_or_default(args.model.take())?;
     let frames = load_frames(&args.captures)?;
     let bytes: usize = frames.iter().map(|f| f.data.len()).sum();
     println!("{} frames ({:.1} MB) loaded into memory", frames.len(), bytes as f64 / 1e6);
@@ -255,7 +266,7 @@ fn bench_config(model: &Path, on_full: FullRingPolicy, model_threads: usize) -> 
 }
 
 fn engine_config(args: &PacketArgs, inference: Inference) -> EngineConfig {
-    let mut config = bench_config(&args.model, FullRingPolicy::Drop, args.model_threads);
+    let mut config = bench_config(&args.model_path, FullRingPolicy::Drop, args.model_threads);
     config.model.backend = match inference {
         Inference::On => BackendKind::Torch,
         Inference::Off | Inference::Both => BackendKind::Null,
@@ -335,7 +346,7 @@ fn idle_flow_memory(plugin: &Arc<Plugin>, args: &PacketArgs) -> Result<serde_jso
     }
     let grown = resident_bytes().saturating_sub(before);
     let per_flow = grown as f64 / args.flows as f64;
-    let card = ModelCard::load(&args.model)?;
+    let card = ModelCard::load(&args.model_path)?;
     let buffered = (card.packets_per_context * card.preprocess.packet_bytes) as f64;
     println!(
         "memory: {:.1} MB for {} idle flows = {:.0} B per flow, of which {:.0} B is its packet \
@@ -353,11 +364,12 @@ fn idle_flow_memory(plugin: &Arc<Plugin>, args: &PacketArgs) -> Result<serde_jso
     }))
 }
 
-fn bench_replay(args: ReplayArgs) -> Result<serde_json::Value> {
+fn bench_replay(mut args: ReplayArgs) -> Result<serde_json::Value> {
+    args.model_path = model_or_default(args.model.take())?;
     let frames = load_frames(&args.captures)?;
     println!("{} frames loaded into memory", frames.len());
     let plugin = Plugin::load(&args.plugin.clone().unwrap_or_else(default_path))?;
-    let mut config = bench_config(&args.model, FullRingPolicy::Wait, args.model_threads);
+    let mut config = bench_config(&args.model_path, FullRingPolicy::Wait, args.model_threads);
     config.inference.max_batch = args.max_batch;
     let engine = Arc::new(PluginEngine::new(&plugin, &toml::to_string(&config)?)?);
 
@@ -407,7 +419,7 @@ fn bench_replay(args: ReplayArgs) -> Result<serde_json::Value> {
     // engine stays alive (idle) meanwhile: libtorch's CPU allocator is now the plugin's, whose
     // cache lives as long as an engine uses it.
     tch::set_num_threads(i32::try_from(config.model.effective_cpu_threads()).unwrap_or(i32::MAX));
-    let classifier = Classifier::load(&args.model, Device::Cpu)?;
+    let classifier = Classifier::load(&args.model_path, Device::Cpu)?;
     let mut model_rates = Vec::new();
     let mean = (mean_batch.round() as usize).max(1);
     let sizes = if mean == args.max_batch { vec![mean] } else { vec![mean, args.max_batch] };

@@ -164,7 +164,11 @@ impl Dataset {
             ("flow_descriptions".to_string(), serde_json::to_string(&descriptions)?),
         ]);
         serialize_to_file(views, Some(metadata), path)
-            .with_context(|| format!("cannot write {}", path.display()))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        // The writer goes through a private temporary file (mode 0600) renamed into place;
+        // give the dataset the permissions of the other files combo writes.
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .with_context(|| format!("cannot set the permissions of {}", path.display()))
     }
 
     pub fn load(path: &Path) -> Result<Self> {

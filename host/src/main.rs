@@ -57,6 +57,10 @@ enum Command {
 const HOST_CPU_CACHE_BYTES: usize = 4 << 30;
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, so printing into a closed pipe (`combo bench model | head`) panics.
+    // Output goes to pipes often: end quietly there, as other command-line tools do.
+    // SAFETY: restoring a signal's default disposition has no memory-safety preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     env_logger::Builder::new()
         .parse_filters(&cli.log)

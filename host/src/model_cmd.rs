@@ -1,5 +1,6 @@
 //! `combo init-model` and `combo show-model`.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -64,7 +65,9 @@ pub fn init_model(args: InitModelArgs) -> Result<()> {
 pub fn show_model(card: &Path) -> Result<()> {
     let classifier = Classifier::load(card, tch::Device::Cpu)?;
     let card = classifier.card();
-    println!("{}", toml::to_string_pretty(card)?);
-    println!("# parameters counted on load: {}", classifier.parameter_count());
+    // Written, not printed: a closed pipe (`| head`) is then an error to report, not a panic.
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", toml::to_string_pretty(card)?)?;
+    writeln!(out, "# parameters counted on load: {}", classifier.parameter_count())?;
     Ok(())
 }

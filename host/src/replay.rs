@@ -295,6 +295,11 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// `model`, or else the project's default model (see [`default_model`]).
+pub fn model_or_default(model: Option<PathBuf>) -> Result<PathBuf> {
+    model.map_or_else(default_model, Ok)
+}
+
 /// The project's default model: `$COMBO_MODEL`, else `models/default.card.toml` under the
 /// working directory or the checkout the binary was built in.
 fn default_model() -> Result<PathBuf> {
