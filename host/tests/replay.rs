@@ -15,6 +15,12 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The shared data folder: `$COMBO_SHARED`, else `../shared` beside the checkout. Tests that
+/// need it say they were skipped when it is missing (`cargo test -- --nocapture` shows it).
+fn shared() -> PathBuf {
+    std::env::var_os("COMBO_SHARED").map_or_else(|| repo().join("../shared"), PathBuf::from)
+}
+
 fn combo() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_combo"));
     command.current_dir(repo());
@@ -246,7 +252,7 @@ fn unreadable_files_are_named_with_their_offset_and_the_rest_go_on() {
 /// and each file's counters add up.
 #[test]
 fn ndpi_corpus_replays_without_a_crash_and_counters_add_up() {
-    let corpus = repo().join("../shared/data/ndpi-corpus/pcap");
+    let corpus = shared().join("data/ndpi-corpus/pcap");
     if !corpus.is_dir() {
         eprintln!("skipped: {} is not here", corpus.display());
         return;

@@ -11,6 +11,12 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The shared data folder: `$COMBO_SHARED`, else `../shared` beside the checkout. Tests that
+/// need it say they were skipped when it is missing (`cargo test -- --nocapture` shows it).
+fn shared() -> PathBuf {
+    std::env::var_os("COMBO_SHARED").map_or_else(|| repo().join("../shared"), PathBuf::from)
+}
+
 fn combo(args: &[&str]) -> (bool, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_combo"))
         .current_dir(repo())
@@ -146,8 +152,9 @@ fn class_totals(summary: &str) -> BTreeMap<String, u64> {
 
 #[test]
 fn iscx_file_names_are_labeled_by_the_preset_prefix_map() {
-    if !repo().join("../shared/presets/iscx-vpn-nonvpn.tsv").exists() {
-        eprintln!("skipped: the ISCX preset is not beside the checkout");
+    let preset = shared().join("presets/iscx-vpn-nonvpn.tsv");
+    if !preset.exists() {
+        eprintln!("skipped: {} is not here", preset.display());
         return;
     }
     let dir = scratch("iscx");
@@ -168,7 +175,7 @@ fn iscx_file_names_are_labeled_by_the_preset_prefix_map() {
         "--out",
         out.to_str().unwrap(),
         "--prefix-map",
-        repo().join("../shared/presets/iscx-vpn-nonvpn.tsv").to_str().unwrap(),
+        preset.to_str().unwrap(),
         "--column",
         "service",
         "--inputs",
