@@ -25,6 +25,17 @@ static void print_error(const char *what) {
     fprintf(stderr, "classify: %s: %s\n", what, message);
 }
 
+/* The library's log records (model loaded, threads, warnings such as random weights) go to
+ * stderr, as a host would route them into its own log. Called from any thread. */
+static void log_to_stderr(void *user_data, ComboLogLevel level, const char *target,
+                          const char *message) {
+    static const char *const names[] = {"off", "error", "warn", "info", "debug", "trace"};
+    (void)user_data;
+    (void)target;
+    fprintf(stderr, "classify: [%s] %s\n", names[level <= COMBO_LOG_LEVEL_TRACE ? level : 0],
+            message);
+}
+
 static void format_address(const ComboTuple *tuple, const uint8_t *address, char *out,
                            size_t size) {
     int family = tuple->ip_version == 4 ? AF_INET : AF_INET6;
@@ -69,6 +80,8 @@ int main(int argc, char **argv) {
                 COMBO_ABI_VERSION_MAJOR);
         return 1;
     }
+
+    combo_set_log_callback(log_to_stderr, NULL, COMBO_LOG_LEVEL_INFO);
 
     char pcap_error[PCAP_ERRBUF_SIZE];
     pcap_t *capture = pcap_open_offline_with_tstamp_precision(
