@@ -2,8 +2,9 @@
 //!
 //! Adam (batch 32 by default, as in the paper), a learning rate halved when the validation
 //! loss stops improving, early stopping, the best epoch's weights kept. Adam's state lives in
-//! our own tensors rather than tch's optimizer so that a checkpoint holds all of it and a
-//! resumed run continues exactly where it stopped.
+//! our own tensors rather than tch's optimizer so that a checkpoint holds all of it; each
+//! epoch's order and dropout draw from seeds of their own, so a run resumed from a checkpoint
+//! ends exactly where an uninterrupted one does. Checkpoints are replaced whole, never partly.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -160,18 +161,80 @@ impl Adam {
             .with_context(|| format!("cannot write {}", path.display()))
     }
 
-    fn load(path: &Path, device: Device) -> Result<Self> {
+    /// Reads the moments of `variables` from `path`. Each moment takes its variable's shape:
+    /// a checkpoint may hold a weight in another shape with the same values in the same order
+    /// (the hidden layer's weight was `[U, F * W2]` before it became `[U, F, 1, W2]`).
+    fn load(path: &Path, variables: &BTreeMap<String, Tensor>, device: Device) -> Result<Self> {
+        let failed = |what: String| anyhow::anyhow!("checkpoint {}: {what}", path.display());
+        let mut stored: BTreeMap<String, Tensor> = Tensor::read_safetensors(path)
+            .map_err(|e| failed(format!("cannot read Adam's state: {e}")))?
+            .into_iter()
+            .collect();
         let mut adam = Self { first: BTreeMap::new(), second: BTreeMap::new() };
-        for (name, tensor) in Tensor::read_safetensors(path)? {
-            let tensor = tensor.f_to_device(device)?;
-            if let Some(rest) = name.strip_prefix("first.") {
-                adam.first.insert(rest.to_string(), tensor);
-            } else if let Some(rest) = name.strip_prefix("second.") {
-                adam.second.insert(rest.to_string(), tensor);
+        for (name, variable) in variables {
+            for (moment, moments) in [("first", &mut adam.first), ("second", &mut adam.second)] {
+                let key = format!("{moment}.{name}");
+                let tensor = stored
+                    .remove(&key)
+                    .ok_or_else(|| failed(format!("no Adam state '{key}' for the network")))?;
+                if tensor.numel() != variable.numel() {
+                    return Err(failed(format!(
+                        "Adam state '{key}' has shape {:?}, the network's variable {:?}",
+                        tensor.size(),
+                        variable.size()
+                    )));
+                }
+                moments
+                    .insert(name.clone(), tensor.f_reshape(variable.size())?.f_to_device(device)?);
             }
+        }
+        if let Some(extra) = stored.keys().next() {
+            return Err(failed(format!(
+                "Adam state '{extra}' is for a variable the network lacks"
+            )));
         }
         Ok(adam)
     }
+}
+
+/// Writes the checkpoint whole: into `<folder>.new`, then swapped in by renames, so a run
+/// killed at any moment leaves one complete checkpoint (`<folder>`, or `<folder>.old` between
+/// the two renames) and never weights of one epoch beside Adam's state of another.
+fn write_checkpoint(
+    folder: &Path,
+    classifier: &Classifier,
+    adam: &Adam,
+    state: &RunState,
+) -> Result<()> {
+    let (new, old) = (sibling(folder, "new"), sibling(folder, "old"));
+    let _ = std::fs::remove_dir_all(&new);
+    std::fs::create_dir_all(&new)?;
+    classifier.save(&new.join("last.card.toml"), Precision::F32)?;
+    adam.save(&new.join("adam.safetensors"))?;
+    std::fs::write(new.join("state.json"), serde_json::to_string_pretty(state)?)?;
+    if folder.exists() {
+        let _ = std::fs::remove_dir_all(&old);
+        std::fs::rename(folder, &old)
+            .with_context(|| format!("cannot move {} aside", folder.display()))?;
+    }
+    std::fs::rename(&new, folder)
+        .with_context(|| format!("cannot move the new checkpoint to {}", folder.display()))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// The complete checkpoint to resume from, if any (see [`write_checkpoint`]).
+fn complete_checkpoint(folder: &Path) -> Option<PathBuf> {
+    [folder.to_path_buf(), sibling(folder, "old")]
+        .into_iter()
+        .find(|candidate| candidate.join("state.json").exists())
+}
+
+/// `<folder>.<suffix>` beside `folder`.
+fn sibling(folder: &Path, suffix: &str) -> PathBuf {
+    let mut name = folder.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{suffix}"));
+    folder.with_file_name(name)
 }
 
 fn checkpoint_dir(out: &Path) -> PathBuf {
@@ -237,37 +300,38 @@ pub fn train(args: &TrainArgs) -> Result<TrainOutcome> {
     let checkpoint = checkpoint_dir(&args.out);
 
     // A fresh model, or the last checkpoint with its optimizer state.
-    let (mut classifier, mut adam, mut state) =
-        if args.resume && checkpoint.join("state.json").exists() {
-            let classifier = Classifier::load(&checkpoint.join("last.card.toml"), device)?;
-            let adam = Adam::load(&checkpoint.join("adam.safetensors"), device)?;
-            let state: RunState =
-                serde_json::from_str(&std::fs::read_to_string(checkpoint.join("state.json"))?)?;
-            log::info!("resuming after epoch {} from {}", state.epochs_done, checkpoint.display());
-            (classifier, adam, state)
-        } else {
-            let card = ModelCard::new(
-                &name,
-                info.labels.clone(),
-                info.packets_per_context,
-                args.attention,
-                info.preprocess.clone(),
-            );
-            tch::manual_seed(args.seed as i64);
-            let classifier = Classifier::new_random(card, device, args.seed as i64)?;
-            let adam = Adam::new(&named_variables(&classifier))?;
-            let state = RunState {
-                epochs_done: 0,
-                steps: 0,
-                learning_rate: args.learning_rate,
-                best_validation_loss: f64::INFINITY,
-                best_epoch: 0,
-                epochs_without_improvement: 0,
-                history: Vec::new(),
-                seconds: 0.0,
-            };
-            (classifier, adam, state)
+    let resume_from = if args.resume { complete_checkpoint(&checkpoint) } else { None };
+    let (mut classifier, mut adam, mut state) = if let Some(folder) = resume_from {
+        let classifier = Classifier::load(&folder.join("last.card.toml"), device)?;
+        let adam =
+            Adam::load(&folder.join("adam.safetensors"), &named_variables(&classifier), device)?;
+        let state_path = folder.join("state.json");
+        let state: RunState = serde_json::from_str(&std::fs::read_to_string(&state_path)?)
+            .with_context(|| format!("cannot read {}", state_path.display()))?;
+        log::info!("resuming after epoch {} from {}", state.epochs_done, folder.display());
+        (classifier, adam, state)
+    } else {
+        let card = ModelCard::new(
+            &name,
+            info.labels.clone(),
+            info.packets_per_context,
+            args.attention,
+            info.preprocess.clone(),
+        );
+        let classifier = Classifier::new_random(card, device, args.seed as i64)?;
+        let adam = Adam::new(&named_variables(&classifier))?;
+        let state = RunState {
+            epochs_done: 0,
+            steps: 0,
+            learning_rate: args.learning_rate,
+            best_validation_loss: f64::INFINITY,
+            best_epoch: 0,
+            epochs_without_improvement: 0,
+            history: Vec::new(),
+            seconds: 0.0,
         };
+        (classifier, adam, state)
+    };
     log::info!(
         "training N={} {} on {} contexts ({} validation), {} classes, {} parameters, {:?}",
         info.packets_per_context,
@@ -287,8 +351,11 @@ pub fn train(args: &TrainArgs) -> Result<TrainOutcome> {
 
         // The epoch's order depends only on the seed and the epoch, so a resumed run sees
         // what an uninterrupted one would.
+        let epoch_seed = args.seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9);
         let mut order = train_indices.clone();
-        SplitMix64(args.seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9)).shuffle(&mut order);
+        SplitMix64(epoch_seed).shuffle(&mut order);
+        // Dropout draws from libtorch's generator: seeded per epoch, for the same reason.
+        tch::manual_seed(epoch_seed as i64);
         if args.epoch_contexts > 0 {
             order.truncate(args.epoch_contexts);
         }
@@ -370,11 +437,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainOutcome> {
             }
         }
 
-        // Checkpoint after every epoch: weights, Adam's moments, the run's state.
-        std::fs::create_dir_all(&checkpoint)?;
-        classifier.save(&checkpoint.join("last.card.toml"), Precision::F32)?;
-        adam.save(&checkpoint.join("adam.safetensors"))?;
-        std::fs::write(checkpoint.join("state.json"), serde_json::to_string_pretty(&state)?)?;
+        write_checkpoint(&checkpoint, &classifier, &adam, &state)?;
     }
 
     // The curves and the log beside the model.

@@ -301,6 +301,29 @@ fn a_tiny_dataset_trains_better_than_chance_and_the_plugin_agrees_with_eval() {
     assert!(best >= 0.9, "two separable classes, chance is 0.5: {history:?}");
     assert!(dir.join("tiny.training.png").exists());
 
+    // Stopped after 2 epochs and resumed to 4, a run ends where the uninterrupted one did.
+    let resumed = dir.join("resumed.card.toml");
+    for (epochs, resume) in [("2", false), ("4", true)] {
+        let mut args = vec!["train", "--dataset", dataset.to_str().unwrap()];
+        args.extend(["--out", resumed.to_str().unwrap(), "--epochs", epochs, "--batch", "16"]);
+        args.extend(["--device", "cpu", "--quiet"]);
+        if resume {
+            args.push("--resume");
+        }
+        let (ok, _, stderr) = combo(&args);
+        assert!(ok, "{stderr}");
+    }
+    let weights = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    assert!(
+        weights("tiny.safetensors") == weights("resumed.safetensors"),
+        "the resumed run's best weights differ from the uninterrupted run's"
+    );
+    assert!(
+        weights("tiny.checkpoint/last.safetensors")
+            == weights("resumed.checkpoint/last.safetensors"),
+        "the resumed run's last weights differ from the uninterrupted run's"
+    );
+
     // combo eval's flow verdicts on the test split ...
     let eval_dir = dir.join("eval");
     let (ok, _, stderr) = combo(&[
