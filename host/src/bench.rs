@@ -480,6 +480,9 @@ fn bench_model(args: ModelArgs) -> Result<serde_json::Value> {
     let packet_bytes = PreprocessConfig::default().packet_bytes;
     let device = select_device(&args.device)?;
     let autocast = args.mixed_precision && device.is_cuda();
+    if args.mixed_precision && !autocast {
+        println!("note: --mixed-precision applies on CUDA devices only; timing f32 on {device:?}");
+    }
     println!(
         "threads: libtorch {} intra-op; attention {}; {} classes; {:?}{}",
         tch::get_num_threads(),
