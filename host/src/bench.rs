@@ -54,21 +54,43 @@ enum Inference {
     Both,
 }
 
+/// What `bench packets` and `bench replay` replay, through which plugin and model.
 #[derive(Args)]
-struct PacketArgs {
+struct ReplayInputs {
     /// Captures (files or folders) whose frames are replayed from memory.
     #[arg(default_value = "../shared/data/ndpi-corpus/pcap")]
     captures: Vec<PathBuf>,
     /// The plugin (.so) to load; by default the one built beside this program.
     #[arg(long)]
     plugin: Option<PathBuf>,
-    /// Model card (labels, N and pre-processing; weights only with `--inference on`); by
+    /// Model card (with the null backend only its labels, N and pre-processing count); by
     /// default the one `combo replay` takes.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// `--model`, or the default found.
-    #[arg(skip)]
-    model_path: PathBuf,
+}
+
+/// [`ReplayInputs`] ready: the frames in memory, the plugin loaded, the model card found.
+struct LoadedInputs {
+    frames: Vec<Frame>,
+    plugin: Arc<Plugin>,
+    model: PathBuf,
+}
+
+impl ReplayInputs {
+    fn load(&self) -> Result<LoadedInputs> {
+        let model = model_or_default(self.model.clone())?;
+        let frames = load_frames(&self.captures)?;
+        let bytes: usize = frames.iter().map(|f| f.data.len()).sum();
+        println!("{} frames ({:.1} MB) loaded into memory", frames.len(), bytes as f64 / 1e6);
+        let plugin = Plugin::load(&self.plugin.clone().unwrap_or_else(default_path))?;
+        Ok(LoadedInputs { frames, plugin, model })
+    }
+}
+
+#[derive(Args)]
+struct PacketArgs {
+    #[command(flatten)]
+    inputs: ReplayInputs,
     #[arg(long, value_enum, default_value_t = Inference::Off)]
     inference: Inference,
     /// Seconds of replay to time (whole passes over the frames).
@@ -105,18 +127,8 @@ struct ModelArgs {
 
 #[derive(Args)]
 struct ReplayArgs {
-    /// Captures (files or folders) whose frames are replayed from memory.
-    #[arg(default_value = "../shared/data/ndpi-corpus/pcap")]
-    captures: Vec<PathBuf>,
-    /// The plugin (.so) to load; by default the one built beside this program.
-    #[arg(long)]
-    plugin: Option<PathBuf>,
-    /// Model card; by default the one `combo replay` takes.
-    #[arg(long)]
-    model: Option<PathBuf>,
-    /// `--model`, or the default found.
-    #[arg(skip)]
-    model_path: PathBuf,
+    #[command(flatten)]
+    inputs: ReplayInputs,
     /// libtorch threads (0: the engine's default, one fewer than the CPUs); the model alone
     /// is timed on as many.
     #[arg(long, default_value_t = 0)]
@@ -184,17 +196,13 @@ fn resident_bytes() -> u64 {
     pages * 4096
 }
 
-fn bench_packets(mut args: PacketArgs) -> Result<serde_json::Value> {
-    args.model_path = model_or_default(args.model.take())?;
-    let frames = load_frames(&args.captures)?;
-    let bytes: usize = frames.iter().map(|f| f.data.len()).sum();
-    println!("{} frames ({:.1} MB) loaded into memory", frames.len(), bytes as f64 / 1e6);
-    let plugin = Plugin::load(&args.plugin.clone().unwrap_or_else(default_path))?;
+fn bench_packets(args: PacketArgs) -> Result<serde_json::Value> {
+    let LoadedInputs { frames, plugin, model } = args.inputs.load()?;
 
     // Memory first, in a fresh heap: after the timed runs, their freed memory (engines, job
     // pools, flow tables, activations) would be reused by the new flows unseen by the
     // resident size.
-    let memory = idle_flow_memory(&plugin, &args)?;
+    let memory = idle_flow_memory(&plugin, &args, &model)?;
 
     let rounds: &[Inference] = match args.inference {
         Inference::Off => &[Inference::Off],
@@ -204,7 +212,7 @@ fn bench_packets(mut args: PacketArgs) -> Result<serde_json::Value> {
     };
     let mut runs = Vec::new();
     for &inference in rounds {
-        runs.push(timed_replay(&plugin, &args, &frames, inference)?);
+        runs.push(timed_replay(&plugin, &args, &model, &frames, inference)?);
     }
     let best = |wanted: Inference| {
         runs.iter()
@@ -265,8 +273,8 @@ fn bench_config(model: &Path, on_full: FullRingPolicy, model_threads: usize) -> 
     config
 }
 
-fn engine_config(args: &PacketArgs, inference: Inference) -> EngineConfig {
-    let mut config = bench_config(&args.model_path, FullRingPolicy::Drop, args.model_threads);
+fn engine_config(args: &PacketArgs, model: &Path, inference: Inference) -> EngineConfig {
+    let mut config = bench_config(model, FullRingPolicy::Drop, args.model_threads);
     config.model.backend = match inference {
         Inference::On => BackendKind::Torch,
         Inference::Off | Inference::Both => BackendKind::Null,
@@ -278,10 +286,11 @@ fn engine_config(args: &PacketArgs, inference: Inference) -> EngineConfig {
 fn timed_replay(
     plugin: &Arc<Plugin>,
     args: &PacketArgs,
+    model: &Path,
     frames: &[Frame],
     inference: Inference,
 ) -> Result<TimedRun> {
-    let config = engine_config(args, inference);
+    let config = engine_config(args, model, inference);
     let engine = Arc::new(PluginEngine::new(plugin, &toml::to_string(&config)?)?);
     let mut worker = engine.worker()?;
     let mut records = Vec::new();
@@ -334,8 +343,12 @@ fn timed_replay(
 }
 
 /// Resident memory of idle flows: one small UDP packet each, so each holds one buffered packet.
-fn idle_flow_memory(plugin: &Arc<Plugin>, args: &PacketArgs) -> Result<serde_json::Value> {
-    let config = engine_config(args, Inference::Off);
+fn idle_flow_memory(
+    plugin: &Arc<Plugin>,
+    args: &PacketArgs,
+    model: &Path,
+) -> Result<serde_json::Value> {
+    let config = engine_config(args, model, Inference::Off);
     let engine = Arc::new(PluginEngine::new(plugin, &toml::to_string(&config)?)?);
     let mut worker = engine.worker()?;
     let before = resident_bytes();
@@ -346,7 +359,7 @@ fn idle_flow_memory(plugin: &Arc<Plugin>, args: &PacketArgs) -> Result<serde_jso
     }
     let grown = resident_bytes().saturating_sub(before);
     let per_flow = grown as f64 / args.flows as f64;
-    let card = ModelCard::load(&args.model_path)?;
+    let card = ModelCard::load(model)?;
     let buffered = (card.packets_per_context * card.preprocess.packet_bytes) as f64;
     println!(
         "memory: {:.1} MB for {} idle flows = {:.0} B per flow, of which {:.0} B is its packet \
@@ -364,12 +377,9 @@ fn idle_flow_memory(plugin: &Arc<Plugin>, args: &PacketArgs) -> Result<serde_jso
     }))
 }
 
-fn bench_replay(mut args: ReplayArgs) -> Result<serde_json::Value> {
-    args.model_path = model_or_default(args.model.take())?;
-    let frames = load_frames(&args.captures)?;
-    println!("{} frames loaded into memory", frames.len());
-    let plugin = Plugin::load(&args.plugin.clone().unwrap_or_else(default_path))?;
-    let mut config = bench_config(&args.model_path, FullRingPolicy::Wait, args.model_threads);
+fn bench_replay(args: ReplayArgs) -> Result<serde_json::Value> {
+    let LoadedInputs { frames, plugin, model } = args.inputs.load()?;
+    let mut config = bench_config(&model, FullRingPolicy::Wait, args.model_threads);
     config.inference.max_batch = args.max_batch;
     let engine = Arc::new(PluginEngine::new(&plugin, &toml::to_string(&config)?)?);
 
@@ -419,7 +429,7 @@ fn bench_replay(mut args: ReplayArgs) -> Result<serde_json::Value> {
     // engine stays alive (idle) meanwhile: libtorch's CPU allocator is now the plugin's, whose
     // cache lives as long as an engine uses it.
     tch::set_num_threads(i32::try_from(config.model.effective_cpu_threads()).unwrap_or(i32::MAX));
-    let classifier = Classifier::load(&args.model_path, Device::Cpu)?;
+    let classifier = Classifier::load(&model, Device::Cpu)?;
     let mut model_rates = Vec::new();
     let mean = (mean_batch.round() as usize).max(1);
     let sizes = if mean == args.max_batch { vec![mean] } else { vec![mean, args.max_batch] };
