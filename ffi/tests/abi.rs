@@ -9,40 +9,16 @@ use combo_packet::*;
 use combo_plugin::config::PreprocessConfig;
 use combo_plugin::model::{Attention, Classifier, ModelCard, Precision, TrainingSummary};
 
+#[path = "../../tests/support/scratch.rs"]
+mod scratch;
+use scratch::Scratch;
+
 fn last_error() -> String {
     let mut buffer = [0 as std::ffi::c_char; 512];
     // SAFETY: the buffer has 512 bytes.
     unsafe { combo_last_error(buffer.as_mut_ptr(), buffer.len()) };
     // SAFETY: combo_last_error NUL-terminates within the buffer.
     unsafe { CStr::from_ptr(buffer.as_ptr()) }.to_string_lossy().into_owned()
-}
-
-/// A scratch folder under the system's temporary folder, removed when the test passes and
-/// kept, for a look, when it fails.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl std::ops::Deref for Scratch {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 }
 
 /// A random-weight model with three labels in a fresh folder; returns the folder and the card.

@@ -1,12 +1,15 @@
 //! The network's size and shapes, prediction, card and weights files, and device names.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use combo_plugin::Error;
 use combo_plugin::config::PreprocessConfig;
 use combo_plugin::model::*;
 use tch::{Device, Kind, Tensor, nn};
+
+#[path = "../../tests/support/scratch.rs"]
+mod scratch;
+use scratch::Scratch;
 
 /// The paper's service task.
 const SERVICE_LABELS: [&str; 12] = [
@@ -32,27 +35,9 @@ fn service_card(packets: usize, attention: Attention) -> ModelCard {
     ModelCard::new("service-test", labels, packets, attention, PreprocessConfig::default())
 }
 
-/// A fresh, empty folder for one test's files, removed when the test ends (the models are
-/// several megabytes each).
-struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn scratch_dir(test: &str) -> ScratchDir {
-    let dir = std::env::temp_dir().join(format!("combo-model-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    ScratchDir(dir)
+/// A fresh folder for one test's files (the models are several megabytes each).
+fn scratch_dir(test: &str) -> Scratch {
+    Scratch::new(&format!("combo-model-{test}"))
 }
 
 /// Deterministic pseudo-random bytes that look a little like packets.
