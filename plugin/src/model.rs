@@ -1189,8 +1189,14 @@ impl Classifier {
 
         // No autograd graph: inference only, and it halves the memory.
         let _no_grad = tch::no_grad_guard();
-        let autocast = self.mixed_precision && self.device.is_cuda();
-        let logits = tch::autocast(autocast, || self.net.f_forward_t(&xs, false))?;
+        let forward = || self.net.f_forward_t(&xs, false);
+        // Outside mixed precision, no autocast call at all: tch's asks CUDA whether a device
+        // exists every time.
+        let logits = if self.mixed_precision && self.device.is_cuda() {
+            tch::autocast(true, forward)?
+        } else {
+            forward()?
+        };
         let rows = logits.f_softmax(-1, Kind::Float)?.f_to_device(Device::Cpu)?.f_contiguous()?;
 
         let values = batch * self.net.classes;
