@@ -376,12 +376,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainOutcome> {
                 variable.zero_grad();
             }
             let logits = classifier.net().f_forward_t(&xs, true)?;
-            let loss = logits.f_log_softmax(-1, Kind::Float)?.f_nll_loss(
-                &targets,
-                None::<Tensor>,
-                tch::Reduction::Mean,
-                -100,
-            )?;
+            let loss = cross_entropy(&logits, &targets, tch::Reduction::Mean)?;
             loss.f_backward()?;
             state.steps += 1;
             adam.step(&variables, state.learning_rate, state.steps)?;
@@ -457,6 +452,14 @@ fn named_variables(classifier: &Classifier) -> BTreeMap<String, Tensor> {
     classifier.var_store().variables().into_iter().collect()
 }
 
+/// Cross-entropy of `logits` against the class indices `targets`; no index is ignored (-100,
+/// libtorch's default ignore index, is no class's).
+fn cross_entropy(logits: &Tensor, targets: &Tensor, reduction: tch::Reduction) -> Result<Tensor> {
+    const IGNORE_NONE: i64 = -100;
+    let log_probabilities = logits.f_log_softmax(-1, Kind::Float)?;
+    Ok(log_probabilities.f_nll_loss(targets, None::<Tensor>, reduction, IGNORE_NONE)?)
+}
+
 fn inputs(
     dataset: &Dataset,
     batch: &[usize],
@@ -492,12 +495,7 @@ fn evaluate_loss(
         dataset.fill_batch(chunk, &mut raw);
         let (xs, targets) = inputs(dataset, chunk, &raw, device)?;
         let logits = classifier.net().f_forward_t(&xs, false)?;
-        let loss = logits.f_log_softmax(-1, Kind::Float)?.f_nll_loss(
-            &targets,
-            None::<Tensor>,
-            tch::Reduction::Sum,
-            -100,
-        )?;
+        let loss = cross_entropy(&logits, &targets, tch::Reduction::Sum)?;
         loss_sum += loss.f_double_value(&[])?;
         correct += logits
             .f_argmax(-1, false)?
