@@ -301,8 +301,29 @@ pub fn train(args: &TrainArgs) -> Result<TrainOutcome> {
 
     // A fresh model, or the last checkpoint with its optimizer state.
     let resume_from = if args.resume { complete_checkpoint(&checkpoint) } else { None };
+    if args.resume && resume_from.is_none() {
+        log::warn!("--resume: no checkpoint at {}; starting a new run", checkpoint.display());
+    }
     let (mut classifier, mut adam, mut state) = if let Some(folder) = resume_from {
         let classifier = Classifier::load(&folder.join("last.card.toml"), device)?;
+        let card = classifier.card();
+        if card.attention != args.attention
+            || card.packets_per_context != info.packets_per_context
+            || card.labels != info.labels
+        {
+            bail!(
+                "--resume: the checkpoint in {} is a model with attention {}, N = {} and {} \
+                 labels; this run asks for attention {} on a dataset of N = {} with {} labels \
+                 (start a new run without --resume, or keep the checkpoint's settings)",
+                folder.display(),
+                card.attention,
+                card.packets_per_context,
+                card.labels.len(),
+                args.attention,
+                info.packets_per_context,
+                info.labels.len()
+            );
+        }
         let adam =
             Adam::load(&folder.join("adam.safetensors"), &named_variables(&classifier), device)?;
         let state_path = folder.join("state.json");

@@ -289,6 +289,21 @@ fn a_tiny_dataset_trains_better_than_chance_and_the_plugin_agrees_with_eval() {
         let (ok, _, stderr) = combo(&args);
         assert!(ok, "{stderr}");
     }
+    // Resuming as another network is refused, not trained on silently.
+    let (ok, _, stderr) = combo(&[
+        "train",
+        "--dataset",
+        dataset.to_str().unwrap(),
+        "--out",
+        resumed.to_str().unwrap(),
+        "--epochs",
+        "5",
+        "--attention",
+        "none",
+        "--resume",
+        "--quiet",
+    ]);
+    assert!(!ok && stderr.contains("attention sa_se"), "{stderr}");
     let weights = |name: &str| std::fs::read(dir.join(name)).unwrap();
     assert!(
         weights("tiny.safetensors") == weights("resumed.safetensors"),
