@@ -57,8 +57,8 @@ enum Inference {
 /// What `bench packets` and `bench replay` replay, through which plugin and model.
 #[derive(Args)]
 struct ReplayInputs {
-    /// Captures (files or folders) whose frames are replayed from memory.
-    #[arg(default_value = "../shared/data/ndpi-corpus/pcap")]
+    /// Captures (files or folders) whose frames are replayed from memory [default:
+    /// data/ndpi-corpus/pcap in $COMBO_SHARED, else in ../shared].
     captures: Vec<PathBuf>,
     /// The plugin (.so) to load; by default the one built beside this program.
     #[arg(long)]
@@ -79,7 +79,12 @@ struct LoadedInputs {
 impl ReplayInputs {
     fn load(&self) -> Result<LoadedInputs> {
         let model = model_or_default(self.model.clone())?;
-        let frames = load_frames(&self.captures)?;
+        let frames = if self.captures.is_empty() {
+            let shared = std::env::var_os("COMBO_SHARED").map_or("../shared".into(), PathBuf::from);
+            load_frames(&[shared.join("data/ndpi-corpus/pcap")])?
+        } else {
+            load_frames(&self.captures)?
+        };
         let bytes: usize = frames.iter().map(|f| f.data.len()).sum();
         println!("{} frames ({:.1} MB) loaded into memory", frames.len(), bytes as f64 / 1e6);
         let plugin = Plugin::load(&self.plugin.clone().unwrap_or_else(default_path))?;
@@ -164,8 +169,8 @@ struct Frame {
 fn load_frames(inputs: &[PathBuf]) -> Result<Vec<Frame>> {
     if let Some(missing) = inputs.iter().find(|input| !input.exists()) {
         bail!(
-            "{}: not found (the default captures are ndpi-corpus in ../shared beside the \
-             checkout; name capture files or folders instead, e.g. tests/data/demo.pcap)",
+            "{}: not found (the default captures are ndpi-corpus in $COMBO_SHARED or in \
+             ../shared; name capture files or folders instead, e.g. tests/data/demo.pcap)",
             missing.display()
         );
     }
